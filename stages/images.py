@@ -1,0 +1,193 @@
+"""Opening real-world plankton images: validation and conversion to 8-bit RGB.
+
+One loader, :func:`load_rgb`, is used by the filter stage (to validate every file) and by
+the extract stage (to feed the backbone), so what was validated is what is used.
+
+Rules, each applied on purpose (see README, "Real-world image folders"):
+- the header is read first: images over ``image.max_pixels`` (decompression bombs) or with
+  a side under ``image.min_side`` are rejected before any pixel is decoded;
+- the whole image is decoded, so a truncated JPEG (which passes ``verify()``) is rejected;
+  ``ImageFile.LOAD_TRUNCATED_IMAGES`` is never set;
+- multi-frame GIF/TIFF: the first frame is used, and the file is reported as converted;
+- EXIF orientation is applied;
+- 16-bit and 32-bit greyscale (``I;16``, ``I;16B``, ``I``, ``F``) are stretched linearly from
+  the image's own minimum..maximum to 0..255 (Pillow's ``convert("RGB")`` would clip them to
+  near-white; a fixed >>8 shift would leave 10-14 bit camera data almost black);
+- transparency is blended onto ``image.background`` instead of turning black;
+- CMYK, palette, YCbCr, LAB, HSV and 1-bit images are converted by Pillow to RGB;
+- 8-bit greyscale is copied to 3 channels (lossless, so not reported as a conversion).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".jpe", ".png", ".tif", ".tiff", ".bmp", ".gif", ".webp", ".pgm", ".ppm", ".pbm", ".pnm"}
+)
+HIGH_BIT_DEPTH_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I", "F"})
+ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "La", "RGBa"})
+EXIF_ORIENTATION_TAG = 0x0112
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageConfig:
+    """The ``image`` section of params.yaml (shared by filter and extract)."""
+
+    max_pixels: int = 50_000_000  # width x height above this is refused before decoding
+    min_side: int = 4  # images thinner than this are not images of an organism
+    background: tuple[int, int, int] = (255, 255, 255)  # transparency is flattened onto this
+
+    def __post_init__(self) -> None:
+        from stages.common import UserError
+
+        bg = tuple(self.background)
+        if len(bg) != 3 or not all(isinstance(v, int) and 0 <= v <= 255 for v in bg):
+            raise UserError(f"params.yaml: image.background must be three integers 0-255, not {self.background!r}")
+        object.__setattr__(self, "background", bg)
+        if self.max_pixels <= 0 or self.min_side < 1:
+            raise UserError("params.yaml: image.max_pixels must be > 0 and image.min_side >= 1")
+
+
+class BadImage(Exception):
+    """A file that cannot be used as an image; ``str(err)`` is the reason for the report."""
+
+    def __init__(self, kind: str, detail: str = "") -> None:
+        super().__init__(f"{kind}: {detail}" if detail else kind)
+        self.kind = kind
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageCheck:
+    """Outcome of validating one file."""
+
+    sha256: str
+    ok: bool
+    reason: str = ""  # why it was rejected
+    kind: str = ""  # short rejection category, for counts
+    conversions: tuple[str, ...] = ()
+    width: int = 0
+    height: int = 0
+
+
+def is_image_name(name: str) -> bool:
+    return Path(name).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def check_image(path: str | Path, cfg: ImageConfig) -> ImageCheck:
+    """Read ``path`` once: hash its bytes and decode them fully with :func:`decode_rgb`."""
+    data = Path(path).read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    try:
+        img, conversions = decode_rgb(data, cfg)
+    except BadImage as err:
+        return ImageCheck(sha256=digest, ok=False, reason=str(err), kind=err.kind)
+    return ImageCheck(sha256=digest, ok=True, conversions=tuple(conversions), width=img.width, height=img.height)
+
+
+def load_rgb(path: str | Path, cfg: ImageConfig, draft_size: int | None = None) -> Image.Image:
+    """Open ``path`` as an 8-bit RGB image, applying the rules in the module docstring.
+
+    ``draft_size`` lets JPEG decoding shrink by a power of two while staying at least that
+    many pixels on the short side, which makes huge scans cheap to feed to a 224-px model.
+    """
+    img, _ = decode_rgb(Path(path).read_bytes(), cfg, draft_size)
+    return img
+
+
+def decode_rgb(data: bytes, cfg: ImageConfig, draft_size: int | None = None) -> tuple[Image.Image, list[str]]:
+    """Decode image bytes to RGB; returns the image and the conversions applied."""
+    assert not ImageFile.LOAD_TRUNCATED_IMAGES, "truncated images must be rejected, not padded"
+    img = open_checked_header(data, cfg)
+    conversions: list[str] = []
+    frames = getattr(img, "n_frames", 1)
+    if frames > 1:
+        img.seek(0)
+        conversions.append(f"multi-frame ({frames} frames): first frame used")
+    if draft_size and img.format == "JPEG":
+        img.draft("RGB", (draft_size, draft_size))
+    try:
+        img.load()
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        raise BadImage("truncated or corrupt", str(err)) from None
+    img = apply_exif_orientation(img, conversions)
+    return to_rgb(img, cfg.background, conversions), conversions
+
+
+def open_checked_header(data: bytes, cfg: ImageConfig) -> Image.Image:
+    """Open lazily (header only) and refuse absurd sizes before decoding any pixel."""
+    if not data:
+        raise BadImage("empty file", "0 bytes")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as err:
+        raise BadImage("too large", f"{err}; raise image.max_pixels to accept it") from None
+    except UnidentifiedImageError:
+        raise BadImage("not an image", "Pillow cannot identify the file's format") from None
+    except (OSError, SyntaxError, ValueError) as err:
+        raise BadImage("unreadable header", str(err)) from None
+    width, height = img.size
+    if width * height > cfg.max_pixels:
+        raise BadImage(
+            "too large",
+            f"{width}x{height} = {width * height} pixels > image.max_pixels ({cfg.max_pixels}); "
+            "raise image.max_pixels to accept it",
+        )
+    if min(width, height) < cfg.min_side:
+        raise BadImage("too small", f"{width}x{height} has a side under image.min_side ({cfg.min_side})")
+    return img
+
+
+def apply_exif_orientation(img: Image.Image, conversions: list[str]) -> Image.Image:
+    try:
+        orientation = img.getexif().get(EXIF_ORIENTATION_TAG, 1)
+    except (OSError, SyntaxError, ValueError):  # a broken EXIF block is not a broken image
+        return img
+    if orientation in (2, 3, 4, 5, 6, 7, 8):
+        conversions.append(f"EXIF orientation {orientation} applied")
+        return ImageOps.exif_transpose(img)
+    return img
+
+
+def to_rgb(img: Image.Image, background: tuple[int, int, int], conversions: list[str]) -> Image.Image:
+    """Convert any Pillow mode to 8-bit RGB, recording what was not a plain copy."""
+    mode = img.mode
+    if mode == "RGB":
+        return img
+    if mode == "L":
+        return img.convert("RGB")
+    if mode in HIGH_BIT_DEPTH_MODES:
+        conversions.append(f"{mode} greyscale stretched min..max to 8-bit")
+        return stretch_to_8bit(img).convert("RGB")
+    if mode == "P" and "transparency" in img.info:
+        img, mode = img.convert("RGBA"), "P+transparency"
+    if img.mode in ALPHA_MODES:
+        conversions.append(f"{mode} transparency flattened onto background {background}")
+        rgba = img.convert("RGBA")
+        canvas = Image.new("RGBA", rgba.size, background + (255,))
+        return Image.alpha_composite(canvas, rgba).convert("RGB")
+    try:
+        rgb = img.convert("RGB")
+    except (ValueError, OSError) as err:
+        raise BadImage("unsupported mode", f"{mode}: {err}") from None
+    conversions.append(f"{mode} converted to RGB")
+    return rgb
+
+
+def stretch_to_8bit(img: Image.Image) -> Image.Image:
+    """Map a high-bit-depth greyscale image linearly from its min..max onto 0..255."""
+    values = np.asarray(img, dtype=np.float64)
+    finite = values[np.isfinite(values)]
+    if finite.size == 0:
+        raise BadImage("unusable pixels", "no finite pixel values")
+    low, high = float(finite.min()), float(finite.max())
+    scaled = np.zeros_like(values) if high == low else (np.nan_to_num(values, nan=low) - low) * (255.0 / (high - low))
+    return Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8), mode="L")
