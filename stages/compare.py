@@ -26,7 +26,9 @@ STUDY_NOTE = (
 def comparison_rows(models: list[str], metrics_dir: Path) -> list[dict]:
     rows = []
     for name in models:
-        m = read_json(metrics_dir / f"{name}.json")
+        m = read_json(metrics_dir / f"{name}.json").get(name)
+        if m is None:
+            raise UserError(f"{metrics_dir / f'{name}.json'} holds no metrics for {name}; run dvc repro")
         rows.append({
             "model": name,
             "pretrained": m["pretrained"],

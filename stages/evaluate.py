@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     record = load_model_file(args.model_file)
     summary = evaluate_model(record, args.features, args.split_dir, args)
-    write_json(args.metrics, summary)
+    write_json(args.metrics, {record["backbone"]: summary})  # keyed by model: short, unique `dvc exp show` columns
     print(f"evaluate {record['backbone']}: val accuracy {summary['val']['accuracy']:.4f}, "
           f"test accuracy {summary['test']['accuracy']:.4f}, weights: {summary['weights']}")
     return summary

@@ -245,7 +245,7 @@ def main(argv: list[str] | None = None) -> FilterResult:
     if result.manifest.empty:
         raise UserError(f"no class kept in {args.raw}; see {args.report} and lower filter.min_images_per_class")
     write_csv(args.manifest, result.manifest)
-    write_json(args.metrics, summary_metrics(result))
+    write_json(args.metrics, {"data": summary_metrics(result)})
     return result
 
 

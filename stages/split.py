@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> dict[str, pd.DataFrame]:
     for name, part in parts.items():
         write_csv(args.out_dir / f"{name}.csv", part)
     sizes = {name: len(part) for name, part in parts.items()}
-    write_json(args.metrics, sizes)
+    write_json(args.metrics, {"sizes": sizes})
     print("split: " + ", ".join(f"{n} {name}" for name, n in sizes.items()))
     return parts
 
