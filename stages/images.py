@@ -133,7 +133,7 @@ def open_checked_header(data: bytes, cfg: ImageConfig) -> Image.Image:
     except UnidentifiedImageError:
         raise BadImage("not an image", "Pillow cannot identify the file's format") from None
     except (OSError, SyntaxError, ValueError) as err:
-        raise BadImage("unreadable header", str(err)) from None
+        raise BadImage("truncated or corrupt", f"header: {err}") from None
     width, height = img.size
     if width * height > cfg.max_pixels:
         raise BadImage(

@@ -76,6 +76,7 @@ def assign_splits(manifest: pd.DataFrame, fractions: SplitParams, seed: int) -> 
 
 
 def split_manifest(manifest: pd.DataFrame, fractions: SplitParams, seed: int) -> dict[str, pd.DataFrame]:
+    manifest = manifest.reset_index(drop=True)  # assign_splits addresses rows by index label
     split = assign_splits(manifest, fractions, seed)
     parts = {s: manifest[split == s].assign(split=s).reset_index(drop=True) for s in SPLITS}
     for s, part in parts.items():

@@ -1,0 +1,40 @@
+# Everything runs in the project's virtual environment, created on first use.
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(abspath $(VENV))/bin
+STAMP := $(VENV)/.installed-requirements
+export PATH := $(BIN):$(PATH)
+
+.PHONY: demo test bench compare report weights clean-outputs
+
+$(STAMP): requirements.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	@touch $(STAMP)
+
+## demo: run the whole pipeline on the bundled sample and print the comparison
+demo: $(STAMP)
+	dvc repro
+	@cat metrics/compare/compare.md
+
+## test: the test suite (unit tests and an end-to-end dvc repro in a temporary repo)
+test: $(STAMP)
+	$(BIN)/python -m pytest -q tests
+
+## bench: the study's training loop against this pipeline, side by side (not part of the tests)
+BENCH_ARGS ?= --classes 17 --per-class 100 --epochs 10 --model alexnet
+bench: $(STAMP)
+	$(BIN)/python -m bench.study_vs_pipeline $(BENCH_ARGS)
+
+## compare: each model's validation/test accuracy across experiments, one table
+compare: $(STAMP)
+	$(BIN)/python -m stages.exp_table
+
+## report: markdown report of metric changes against BASE (default HEAD~1)
+BASE ?= HEAD~1
+report: $(STAMP)
+	$(BIN)/python -m stages.report --base $(BASE) --out report.md
+
+## weights: download every configured model's weights into data/pretrained (needs network)
+weights: $(STAMP)
+	$(BIN)/python -m stages.fetch_weights

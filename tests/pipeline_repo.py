@@ -1,0 +1,55 @@
+"""A temporary git + DVC copy of this project, for end-to-end tests."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from tests.conftest import ROOT, project_params
+
+PROJECT_FILES = ["dvc.yaml", ".gitignore", "data/pretrained/README.md"]
+
+
+def command_env(extra: dict | None = None) -> dict:
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env.update({"GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "t@example.org", "GIT_COMMITTER_NAME": "test",
+                "GIT_COMMITTER_EMAIL": "t@example.org", "PYTHONUNBUFFERED": "1"})
+    env.update(extra or {})
+    return env
+
+
+def run(repo: Path, *args: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+    proc = subprocess.run(args, cwd=repo, env=command_env(env), capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def make_repo(repo: Path, **param_sections) -> Path:
+    """Copy the pipeline (code, dvc.yaml, params) into ``repo``, git init, dvc init, commit."""
+    repo.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(ROOT / "stages", repo / "stages", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in PROJECT_FILES:
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / name, repo / name)
+    (repo / "params.yaml").write_text(yaml.safe_dump(project_params(**param_sections), sort_keys=False))
+    run(repo, "git", "init", "-q", "-b", "main")
+    run(repo, "dvc", "init", "-q")
+    run(repo, "dvc", "config", "core.analytics", "false")
+    commit(repo, "initial")
+    return repo
+
+
+def commit(repo: Path, message: str) -> None:
+    run(repo, "git", "add", "-A")
+    run(repo, "git", "commit", "-q", "--allow-empty", "-m", message)
+
+
+def stages_run(output: str) -> list[str]:
+    """Names of the stages that a dvc command ran, from its output."""
+    return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")]

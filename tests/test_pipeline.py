@@ -1,0 +1,133 @@
+"""End to end: `dvc repro` in a temporary git + DVC repo, on a messy folder made here."""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import yaml
+
+from tests.conftest import make_messy_dataset
+from tests.pipeline_repo import commit, make_repo, run, stages_run
+
+MODELS = ["alexnet", "vgg11", "efficientnet_lite0"]
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    repo = tmp_path_factory.mktemp("pipeline")
+    expected = make_messy_dataset(repo / "data" / "raw", per_class=10)
+    make_repo(repo, data={"raw": "data/raw"}, filter={"min_images_per_class": 5, "workers": 1},
+              extract={"batch_size": 16})
+    first = run(repo, "dvc", "repro")
+    commit(repo, "baseline")
+    return repo, expected, first
+
+
+def metrics(repo, name):
+    return json.loads((repo / "metrics" / "evaluate" / f"{name}.json").read_text())[name]
+
+
+def test_repro_writes_metrics_plots_and_comparison_for_every_model(repo):
+    repo, expected, first = repo
+    assert stages_run(first.stdout)[:2] == ["filter", "split"]
+    for name in MODELS:
+        m = metrics(repo, name)
+        for split in ("val", "test"):
+            assert set(m[split]) == {"accuracy", "top5", "loss", "macro_f1", "balanced_accuracy"}
+        assert m["epochs"] >= m["best_epoch"] >= 1 and m["train_seconds"] > 0 and m["extract_images_per_s"] > 0
+        assert (repo / "plots" / "evaluate" / f"{name}_confusion_test.png").stat().st_size > 5000
+        confusion = json.loads((repo / "plots" / "confusion" / f"{name}.json").read_text())
+        assert len(confusion) == json.loads((repo / "metrics" / "split.json").read_text())["sizes"]["test"]
+        assert (repo / "models" / f"{name}.pt").is_file()
+    assert metrics(repo, "efficientnet_lite0")["pretrained"] is True
+    assert metrics(repo, "alexnet")["pretrained"] is False and metrics(repo, "vgg11")["pretrained"] is False
+    assert metrics(repo, "alexnet")["weights"] == "random init (NOT pretrained)"
+    table = (repo / "metrics" / "compare" / "compare.md").read_text()
+    assert table.count("NOT pretrained") >= 2 and "efficientnet_lite0 | ImageNet" in table
+    assert (repo / "plots" / "compare" / "accuracy_vs_time.png").is_file()
+
+
+def test_report_names_every_rejected_and_converted_file(repo):
+    repo, expected, _ = repo
+    report = json.loads((repo / "data" / "filtered" / "report.json").read_text())
+    assert report["files_seen"] == expected["files_on_disk"] == sum(report["summary"].values())
+    assert {r["path"] for r in report["rejected"]["files"]} == set(expected["rejected"])
+    assert {c["path"] for c in report["converted"]["files"]} == expected["converted"]
+    assert report["classes"]["kept"] == expected["kept_classes"]
+
+
+def test_no_image_content_in_two_splits(repo):
+    repo, _, _ = repo
+    import pandas as pd
+
+    hashes = [set(pd.read_csv(repo / "data" / "split" / f"{s}.csv")["sha256"]) for s in ("train", "val", "test")]
+    assert not (hashes[0] & hashes[1] or hashes[0] & hashes[2] or hashes[1] & hashes[2])
+
+
+def test_second_repro_does_nothing(repo):
+    repo, _, _ = repo
+    again = run(repo, "dvc", "repro")
+    assert stages_run(again.stdout) == []
+    assert "up to date" in run(repo, "dvc", "status").stdout
+
+
+def test_plots_show_renders_curves_and_confusion_matrices(repo):
+    repo, _, _ = repo
+    data = json.loads(run(repo, "dvc", "plots", "show", "--json").stdout)["data"]
+    for name in MODELS:
+        (confusion,) = data[f"plots/confusion/{name}.json"]
+        assert confusion["type"] == "vega" and confusion["content"]["data"]["values"]
+        (curve,) = data[f"plots/train/{name}/plots/metrics/val/loss.tsv"]
+        assert len(curve["content"]["data"]["values"]) == metrics(repo, name)["epochs"]
+        (image,) = data[f"plots/evaluate/{name}_confusion_test.png"]
+        assert image["type"] == "image"
+
+
+def test_changing_the_learning_rate_reruns_only_train_evaluate_compare(repo):
+    repo, _, _ = repo
+    exp = run(repo, "dvc", "exp", "run", "-S", "train.lr=0.01")
+    ran = stages_run(exp.stdout)
+    assert sorted(ran) == sorted([f"{s}@{m}" for s in ("train", "evaluate") for m in MODELS] + ["compare"])
+    shown = json.loads(run(repo, "dvc", "exp", "show", "--json").stdout)
+    text = json.dumps(shown)
+    for name in MODELS:
+        assert f'"{name}"' in text and '"test"' in text
+    run(repo, "git", "checkout", "--", ".")
+    run(repo, "dvc", "checkout", "-q")
+
+
+def test_on_missing_error_stops_before_any_compute_with_a_clear_message(repo):
+    repo, _, _ = repo
+    params_path = repo / "params.yaml"
+    original = params_path.read_text()
+    params = yaml.safe_load(original)
+    params["pretrained"]["on_missing"] = "error"
+    params_path.write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        failed = run(repo, "dvc", "repro", check=False, env={"TORCH_HOME": os.environ["TORCH_HOME"]})
+    finally:
+        params_path.write_text(original)
+    assert failed.returncode != 0
+    message = [line for line in failed.stderr.splitlines() if line.startswith("error: ImageNet weights for alexnet")]
+    assert message, failed.stderr[-2000:]
+    assert "alexnet-owt-7be5be79.pth" in message[0] and "https://download.pytorch.org/models/" in message[0]
+    assert "data/pretrained/" in message[0] and "Traceback" not in failed.stderr
+
+
+@pytest.mark.parametrize("name", ["alexnet", "efficientnet_lite0"])
+def test_model_file_classifies_new_images_as_the_pipeline_did(repo, name):
+    import pandas as pd
+
+    from stages.head import load_model_file
+    from stages.images import ImageConfig
+    from stages.predict import classify
+    from stages.weights import PretrainedParams
+
+    repo, _, _ = repo
+    test = pd.read_csv(repo / "data" / "split" / "test.csv", keep_default_na=False)
+    record = load_model_file(repo / "models" / f"{name}.pt")
+    table = classify(record, [repo / "data" / "raw" / p for p in test["path"]],
+                     PretrainedParams(dir=str(repo / "data" / "pretrained")), ImageConfig())
+    accuracy = (table["predicted"].to_numpy() == test["class"].to_numpy()).mean()
+    assert abs(accuracy - metrics(repo, name)["test"]["accuracy"]) <= 1 / len(test) + 1e-9
