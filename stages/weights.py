@@ -138,8 +138,7 @@ def download(spec: WeightSpec, dest: Path) -> Path:
 def missing_message(name: str, spec: WeightSpec, cfg: PretrainedParams, why: str) -> str:
     return (
         f"ImageNet weights for {name} not found ({why}): get {spec.filename} from {spec.origin} and put it in "
-        f"{cfg.dir}/ (or run 'python -m stages.fetch_weights' where there is network), "
-        "or set pretrained.on_missing=random to continue with random weights"
+        f"{cfg.dir}/ (or run 'python -m stages.fetch_weights' where there is network)"
     )
 
 
@@ -166,7 +165,8 @@ def resolve_weights(name: str, spec: WeightSpec | None, cfg: PretrainedParams) -
     elif spec.url:
         why = "no local copy, and pretrained.download is false"
     if cfg.on_missing == "error":
-        raise UserError(missing_message(name, spec, cfg, why))
+        raise UserError(missing_message(name, spec, cfg, why) + ", or set pretrained.on_missing=random to go on "
+                        "with random weights")
     print(
         f"WARNING: {missing_message(name, spec, cfg, why)}.\n"
         f"WARNING: continuing with a RANDOMLY INITIALISED {name}: its metrics say 'NOT pretrained'.",
