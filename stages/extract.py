@@ -13,22 +13,22 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from stages.backbones import build_feature_extractor, count_parameters, get_backbone, resolve_backbone_weights
 from stages.common import (BaseParams, UserError, atomic_path, check_choice, read_params, run_cli, section,
                            write_json)
 from stages.features import SPLITS, feature_writer
-from stages.images import BadImage, ImageConfig, load_rgb
-from stages.preprocess import MODES, Normalize, draft_size, make_transform
+from stages.images import ImageConfig
+from stages.loading import ImageFiles, decode_on_device, device_decodable, make_loader
+from stages.preprocess import MODES, Normalize, TensorPreprocess, draft_size, make_transform
 from stages.runtime import environment, resolve_device, seed_everything, use_deterministic_algorithms
 from stages.weights import PretrainedParams
 
@@ -36,52 +36,18 @@ from stages.weights import PretrainedParams
 @dataclasses.dataclass(frozen=True)
 class ExtractParams:
     preprocess: str = "pad"  # pad | crop (the study's Resize(256) + CenterCrop(224))
-    batch_size: int = 64
+    batch_size: int = 32
     workers: int = -1  # DataLoader processes; -1: cores - 1 on CPU, up to 16 with CUDA
     device: str = "auto"
     dtype: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+    decode: str = "auto"  # auto: plain JPEGs decoded on the GPU when extracting on CUDA | cpu | device
 
     def __post_init__(self) -> None:
         check_choice("extract.preprocess", self.preprocess, MODES)
         check_choice("extract.dtype", self.dtype, ("auto", "fp32", "bf16"))
+        check_choice("extract.decode", self.decode, ("auto", "cpu", "device"))
         if self.batch_size < 1:
             raise UserError("params.yaml: extract.batch_size must be >= 1")
-
-
-class ImageFiles(Dataset):
-    """Images listed in a manifest, as uint8 tensors; a file that fails to load is reported,
-    not raised inside a worker (where the message would drown in a traceback)."""
-
-    def __init__(self, root: Path, paths: list[str], transform, image_cfg: ImageConfig, draft: int) -> None:
-        self.root, self.paths, self.transform = root, paths, transform
-        self.image_cfg, self.draft = image_cfg, draft
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, str]:
-        try:
-            return self.transform(load_rgb(self.root / self.paths[i], self.image_cfg, self.draft)), ""
-        except (BadImage, OSError) as err:
-            return torch.zeros(0, dtype=torch.uint8), f"{self.paths[i]}: {err}"
-
-
-def collate(batch: list[tuple[torch.Tensor, str]]) -> tuple[torch.Tensor | None, list[str]]:
-    errors = [e for _, e in batch if e]
-    return (None if errors else torch.stack([x for x, _ in batch])), errors
-
-
-def default_workers(device: torch.device) -> int:
-    cores = os.cpu_count() or 1
-    return min(16, cores) if device.type == "cuda" else max(1, cores - 1)
-
-
-def make_loader(dataset: Dataset, cfg: ExtractParams, device: torch.device) -> DataLoader:
-    workers = default_workers(device) if cfg.workers < 0 else cfg.workers
-    return DataLoader(
-        dataset, batch_size=cfg.batch_size, shuffle=False, num_workers=workers, collate_fn=collate,
-        pin_memory=device.type == "cuda", prefetch_factor=4 if workers else None, persistent_workers=False,
-    )
 
 
 def autocast_dtype(cfg: ExtractParams, device: torch.device) -> torch.dtype | None:
@@ -92,15 +58,16 @@ def autocast_dtype(cfg: ExtractParams, device: torch.device) -> torch.dtype | No
 
 @torch.inference_mode()
 def extract_features(model, normalize, loader: DataLoader, writer, device: torch.device,
-                     dtype: torch.dtype | None) -> int:
+                     dtype: torch.dtype | None, tensor_preprocess: TensorPreprocess | None = None) -> int:
     """One pass of ``loader`` through ``model``; rows go to ``writer``. Returns the row count."""
-    offset, channels_last = 0, device.type == "cuda"
-    for images, errors in tqdm(loader, desc="extract", unit="batch", mininterval=2.0):
+    offset = 0
+    for images, errors, raw in tqdm(loader, desc="extract", unit="batch", mininterval=2.0):
         if errors:
             raise UserError(f"cannot read {errors[0]}; the file changed since the filter stage: run dvc repro again")
-        x = normalize(images.to(device, non_blocking=True))
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+        if isinstance(images, list):
+            images = decode_on_device(images, raw, device, tensor_preprocess)
+        # channels_last is faster for these convnets on CUDA (tensor cores) and on CPU (oneDNN) alike
+        x = normalize(images.to(device, non_blocking=True)).contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             feats = model(x)
         writer.write(offset, feats.float().cpu().numpy().astype(np.float16))
@@ -127,20 +94,19 @@ def run_extraction(model_name: str, raw: Path, split_dir: Path, out_dir: Path, p
     device = resolve_device(cfg.device)
     seed_everything(seed)
     use_deterministic_algorithms()
-    model = build_feature_extractor(model_name, weights, seed).to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
+    model = build_feature_extractor(model_name, weights, seed).to(device).to(memory_format=torch.channels_last)
     rows = pd.concat([parts[s] for s in SPLITS], ignore_index=True)
     transform = make_transform(backbone.preprocess, cfg.preprocess)
-    dataset = ImageFiles(raw, rows["path"].tolist(), transform, image_cfg, draft_size(backbone.preprocess, cfg.preprocess))
+    dataset = ImageFiles(raw, rows["path"].tolist(), transform, image_cfg, draft_size(backbone.preprocess, cfg.preprocess),
+                         device_decodable(rows, cfg.decode, device))
     normalize = Normalize(backbone.preprocess.mean, backbone.preprocess.std).to(device)
     sizes = {s: len(parts[s]) for s in SPLITS}
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()
         start = time.perf_counter()
         with feature_writer(tmp, sizes, backbone.feature_dim) as writer:
-            n = extract_features(model, normalize, make_loader(dataset, cfg, device), writer, device,
-                                 autocast_dtype(cfg, device))
+            n = extract_features(model, normalize, make_loader(dataset, cfg.batch_size, cfg.workers, device), writer, device,
+                                 autocast_dtype(cfg, device), TensorPreprocess(backbone.preprocess, cfg.preprocess))
         seconds = time.perf_counter() - start
         for s in SPLITS:
             np.save(tmp / f"{s}_labels.npy", parts[s]["label"].to_numpy(dtype=np.int64))
@@ -156,6 +122,7 @@ def run_extraction(model_name: str, raw: Path, split_dir: Path, out_dir: Path, p
             "sizes": sizes,
             "seconds": round(seconds, 3),
             "images_per_s": round(n / seconds, 1) if seconds > 0 else None,
+            "decoded_on_device": int(sum(dataset.raw)),
             "environment": environment(device),
         }
         write_json(tmp / "meta.json", meta)

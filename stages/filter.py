@@ -1,7 +1,7 @@
 """Stage filter: find, validate and select the images and classes to use.
 
 Inputs:  the image folder ``--raw`` (params ``data.raw``; see stages/scan.py for layouts).
-Outputs: ``--manifest`` CSV (path, class, label, split, sha256, width, height);
+Outputs: ``--manifest`` CSV (path, class, label, split, sha256, width, height, format, converted);
          ``--report`` JSON: every file not kept, with its reason, and every converted file;
          ``--metrics`` JSON: counts for ``dvc metrics``.
 Cache:   ``--cache-file`` remembers each file's hash and verdict by (path, size, mtime, inode),
@@ -23,7 +23,8 @@ from stages.scan import Candidate, Scan, scan_dataset
 from stages.validation import validate_files
 
 SPLIT_ORDER = {"train": 0, "": 0, "val": 1, "test": 2}  # a duplicate is kept in the earliest split
-MANIFEST_COLUMNS = ["path", "class", "label", "split", "sha256", "width", "height"]
+# format and converted tell the extract stage which files GPU JPEG decoding can take as they are
+MANIFEST_COLUMNS = ["path", "class", "label", "split", "sha256", "width", "height", "format", "converted"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,7 +145,9 @@ def build_manifest(kept: list[tuple[Candidate, ImageCheck]]) -> pd.DataFrame:
     classes = sorted({c.label_name for c, _ in kept})
     label_of = {name: i for i, name in enumerate(classes)}
     rows = [
-        (c.path, c.label_name, label_of[c.label_name], c.split, chk.sha256, chk.width, chk.height) for c, chk in kept
+        (c.path, c.label_name, label_of[c.label_name], c.split, chk.sha256, chk.width, chk.height, chk.format,
+         bool(chk.conversions))
+        for c, chk in kept
     ]
     return pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
 

@@ -74,6 +74,7 @@ class ImageCheck:
     conversions: tuple[str, ...] = ()
     width: int = 0
     height: int = 0
+    format: str = ""  # Pillow's name of the file format (JPEG, PNG, TIFF, ...)
 
 
 def is_image_name(name: str) -> bool:
@@ -85,10 +86,11 @@ def check_image(path: str | Path, cfg: ImageConfig) -> ImageCheck:
     data = Path(path).read_bytes()
     digest = hashlib.sha256(data).hexdigest()
     try:
-        img, conversions = decode_rgb(data, cfg)
+        img, conversions, fmt = decode_rgb(data, cfg)
     except BadImage as err:
         return ImageCheck(sha256=digest, ok=False, reason=str(err), kind=err.kind)
-    return ImageCheck(sha256=digest, ok=True, conversions=tuple(conversions), width=img.width, height=img.height)
+    return ImageCheck(sha256=digest, ok=True, conversions=tuple(conversions), width=img.width, height=img.height,
+                      format=fmt)
 
 
 def load_rgb(path: str | Path, cfg: ImageConfig, draft_size: int | None = None) -> Image.Image:
@@ -97,15 +99,15 @@ def load_rgb(path: str | Path, cfg: ImageConfig, draft_size: int | None = None) 
     ``draft_size`` lets JPEG decoding shrink by a power of two while staying at least that
     many pixels on the short side, which makes huge scans cheap to feed to a 224-px model.
     """
-    img, _ = decode_rgb(Path(path).read_bytes(), cfg, draft_size)
+    img, _, _ = decode_rgb(Path(path).read_bytes(), cfg, draft_size)
     return img
 
 
-def decode_rgb(data: bytes, cfg: ImageConfig, draft_size: int | None = None) -> tuple[Image.Image, list[str]]:
-    """Decode image bytes to RGB; returns the image and the conversions applied."""
+def decode_rgb(data: bytes, cfg: ImageConfig, draft_size: int | None = None) -> tuple[Image.Image, list[str], str]:
+    """Decode image bytes to RGB; returns the image, the conversions applied and the format."""
     assert not ImageFile.LOAD_TRUNCATED_IMAGES, "truncated images must be rejected, not padded"
     img = open_checked_header(data, cfg)
-    conversions: list[str] = []
+    fmt, conversions = img.format or "", []
     frames = getattr(img, "n_frames", 1)
     if frames > 1:
         img.seek(0)
@@ -117,7 +119,7 @@ def decode_rgb(data: bytes, cfg: ImageConfig, draft_size: int | None = None) -> 
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise BadImage("truncated or corrupt", str(err)) from None
     img = apply_exif_orientation(img, conversions)
-    return to_rgb(img, cfg.background, conversions), conversions
+    return to_rgb(img, cfg.background, conversions), conversions, fmt
 
 
 def open_checked_header(data: bytes, cfg: ImageConfig) -> Image.Image:

@@ -73,3 +73,36 @@ class Normalize(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x.float() * self.scale - self.shift
+
+
+class TensorPreprocess:
+    """The same preprocessing on decoded uint8 (3, H, W) tensors, on any device.
+
+    Used after GPU JPEG decoding; matches :func:`make_transform` up to resampling round-off
+    (torch's antialiased resize against Pillow's).
+    """
+
+    def __init__(self, pre: Preprocess, mode: str) -> None:
+        check_choice("extract.preprocess", mode, MODES)
+        self.pre, self.mode = pre, mode
+        self.interpolation = TV_INTERPOLATION[pre.interpolation]
+
+    def __call__(self, img: torch.Tensor) -> torch.Tensor:
+        if self.mode == "crop":
+            img = v2.functional.resize(img, [self.pre.resize_size], interpolation=self.interpolation, antialias=True)
+            return v2.functional.center_crop(img, [self.pre.input_size, self.pre.input_size])
+        return self.letterbox(img)
+
+    def letterbox(self, img: torch.Tensor) -> torch.Tensor:
+        """As ``ImageOps.pad``: fit inside the square, centre, fill with the border colour."""
+        size, (h, w) = self.pre.input_size, img.shape[-2:]
+        if w > h:
+            new_w, new_h = size, round(size * h / w)
+        else:
+            new_w, new_h = round(size * w / h), size
+        fill = torch.cat([img[:, 0], img[:, -1], img[:, :, 0], img[:, :, -1]], dim=1).float().median(dim=1).values
+        resized = v2.functional.resize(img, [new_h, new_w], interpolation=self.interpolation, antialias=True)
+        out = fill.round().to(torch.uint8).view(3, 1, 1).expand(3, size, size).clone()
+        top, left = round((size - new_h) * 0.5), round((size - new_w) * 0.5)
+        out[:, top:top + new_h, left:left + new_w] = resized
+        return out

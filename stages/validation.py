@@ -18,9 +18,9 @@ from tqdm import tqdm
 from stages.common import atomic_path
 from stages.images import ImageCheck, ImageConfig, check_image
 
-RULES_VERSION = "1"  # bump when stages/images.py changes a verdict, to invalidate caches
+RULES_VERSION = "2"  # bump when stages/images.py changes a verdict, to invalidate caches
 CACHE_COLUMNS = ["path", "size", "mtime_ns", "inode", "fingerprint", "sha256", "ok", "reason", "kind",
-                 "conversions", "width", "height"]
+                 "conversions", "width", "height", "format"]
 
 
 def validate_files(
@@ -57,7 +57,8 @@ def read_cache(cache_file: Path | None, fingerprint: str) -> dict[tuple, ImageCh
     if cache_file is None or not cache_file.is_file():
         return {}
     try:
-        frame = pd.read_csv(cache_file, dtype={"reason": str, "kind": str, "conversions": str}, keep_default_na=False)
+        frame = pd.read_csv(cache_file, dtype={"reason": str, "kind": str, "conversions": str, "format": str},
+                            keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError):
         return {}  # a damaged cache only costs time: every file is checked again
     if list(frame.columns) != CACHE_COLUMNS:
@@ -68,14 +69,15 @@ def read_cache(cache_file: Path | None, fingerprint: str) -> dict[tuple, ImageCh
         conversions = tuple(row.conversions.split(" | ")) if row.conversions else ()
         out[(row.path, row.size, row.mtime_ns, row.inode)] = ImageCheck(
             sha256=row.sha256, ok=bool(row.ok), reason=row.reason, kind=row.kind,
-            conversions=conversions, width=int(row.width), height=int(row.height),
+            conversions=conversions, width=int(row.width), height=int(row.height), format=row.format,
         )
     return out
 
 
 def write_cache(cache_file: Path, fingerprint: str, entries: dict[str, tuple[tuple, ImageCheck]]) -> None:
     rows = [
-        (p, *sig, fingerprint, c.sha256, c.ok, c.reason, c.kind, " | ".join(c.conversions), c.width, c.height)
+        (p, *sig, fingerprint, c.sha256, c.ok, c.reason, c.kind, " | ".join(c.conversions), c.width, c.height,
+         c.format)
         for p, (sig, c) in entries.items()
     ]
     with atomic_path(cache_file) as tmp:

@@ -18,12 +18,14 @@ import dataclasses
 import hashlib
 import importlib.util
 import re
+import socket
 import sys
 import urllib.error
 from pathlib import Path
 
 from stages.common import UserError, check_choice
 
+DOWNLOAD_TIMEOUT_S = 30
 HASH_IN_NAME = re.compile(r"-([a-f0-9]{6,})\.")
 RANDOM_INIT = "random-init"
 
@@ -131,7 +133,12 @@ def download(spec: WeightSpec, dest: Path) -> Path:
 
     dest.parent.mkdir(parents=True, exist_ok=True)
     print(f"downloading {spec.url} -> {dest}", file=sys.stderr)
-    torch.hub.download_url_to_file(spec.url, str(dest), hash_prefix=None, progress=True)
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)  # a firewall that drops packets must not hang the run
+    try:
+        torch.hub.download_url_to_file(spec.url, str(dest), hash_prefix=None, progress=True)
+    finally:
+        socket.setdefaulttimeout(previous)
     return dest
 
 

@@ -1,0 +1,84 @@
+"""Feeding images to a backbone: a DataLoader whose workers decode with Pillow, or hand
+plain JPEG bytes to the device to decode (nvJPEG on CUDA) where that is faster.
+
+Used by stages/extract.py and the benchmark (bench/study_vs_pipeline.py).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader, Dataset
+from torchvision.io import ImageReadMode, decode_jpeg
+
+from stages.images import BadImage, ImageConfig, load_rgb
+from stages.preprocess import TensorPreprocess
+
+
+class ImageFiles(Dataset):
+    """Images listed in a manifest, as preprocessed uint8 tensors, or as the file's raw bytes
+    where ``raw[i]`` (a plain JPEG left for the device to decode). A file that fails to load
+    is reported, not raised inside a worker (where the message would drown in a traceback)."""
+
+    def __init__(self, root: Path, paths: list[str], transform, image_cfg: ImageConfig, draft: int,
+                 raw: list[bool] | None = None) -> None:
+        self.root, self.paths, self.transform = root, paths, transform
+        self.image_cfg, self.draft = image_cfg, draft
+        self.raw = raw or [False] * len(paths)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, str, bool]:
+        path = self.root / self.paths[i]
+        try:
+            if self.raw[i]:
+                return torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8), "", True
+            return self.transform(load_rgb(path, self.image_cfg, self.draft)), "", False
+        except (BadImage, OSError) as err:
+            return torch.zeros(0, dtype=torch.uint8), f"{self.paths[i]}: {err}", False
+
+
+def collate(batch: list[tuple[torch.Tensor, str, bool]]) -> tuple[torch.Tensor | list | None, list[str], list[bool]]:
+    """Stack preprocessed images; a batch holding raw JPEG bytes stays a list."""
+    errors = [e for _, e, _ in batch if e]
+    raw = [r for _, _, r in batch]
+    if errors:
+        return None, errors, raw
+    return (list(x for x, _, _ in batch) if any(raw) else torch.stack([x for x, _, _ in batch])), errors, raw
+
+
+def decode_on_device(items: list[torch.Tensor], raw: list[bool], device: torch.device,
+                     tensor_preprocess: TensorPreprocess) -> torch.Tensor:
+    """Decode the raw JPEGs of a batch in one torchvision call on ``device`` (nvJPEG on CUDA),
+    preprocess them there, and stack them with the images the workers prepared."""
+    encoded = [x for x, r in zip(items, raw) if r]
+    decoded = iter(decode_jpeg(encoded, mode=ImageReadMode.RGB, device=device)) if encoded else iter(())
+    return torch.stack([tensor_preprocess(next(decoded)) if r else x.to(device) for x, r in zip(items, raw)])
+
+
+def default_workers(device: torch.device) -> int:
+    cores = os.cpu_count() or 1
+    return min(16, cores) if device.type == "cuda" else max(1, cores - 1)
+
+
+def make_loader(dataset: Dataset, batch_size: int, workers: int, device: torch.device) -> DataLoader:
+    """``workers`` < 0: one per core but one on CPU (the main process runs the model), up to 16 on CUDA."""
+    workers = default_workers(device) if workers < 0 else workers
+    return DataLoader(
+        dataset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate,
+        pin_memory=device.type == "cuda", prefetch_factor=4 if workers else None, persistent_workers=False,
+    )
+
+
+def device_decodable(rows: pd.DataFrame, decode: str, device: torch.device) -> list[bool]:
+    """Which files the device decodes: plain JPEGs (no conversion needed) when extracting on
+    CUDA with decode auto, or on any device with decode 'device'; the rest go through Pillow."""
+    if decode == "cpu" or (decode == "auto" and device.type != "cuda"):
+        return [False] * len(rows)
+    if "format" not in rows or "converted" not in rows:
+        return [False] * len(rows)
+    converted = rows["converted"].astype(str).str.lower() == "true"
+    return ((rows["format"] == "JPEG") & ~converted).tolist()
