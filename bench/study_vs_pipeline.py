@@ -35,8 +35,9 @@ from bench.standin import build_standin
 from stages.backbones import build_feature_extractor, get_backbone, resolve_backbone_weights
 from stages.extract import ExtractParams, autocast_dtype, extract_features
 from stages.loading import ImageFiles, device_decodable, make_loader
-from stages.features import feature_writer, load_split
+from stages.features import feature_writer
 from stages.head import LinearHeads, fit, make_optimizer
+from stages.train import load_tensors
 from stages.images import ImageConfig
 from stages.preprocess import Normalize, TensorPreprocess, draft_size, make_transform
 from stages.runtime import environment, resolve_device
@@ -121,7 +122,7 @@ def run_pipeline(model: nn.Module, name: str, items: dict[str, list], classes: i
     for split in sizes:
         np.save(workdir / f"{split}_labels.npy", np.array([y for _, y in items[split]], dtype=np.int64))
     start = time.perf_counter()
-    tensors = {s: tuple(torch.from_numpy(np.asarray(a)).to(device) for a in load_split(workdir, s)) for s in sizes}
+    tensors = {s: load_tensors(workdir, s, device) for s in sizes}
     heads = LinearHeads(1, get_backbone(name).feature_dim, classes, seed=0).to(device)
     optimizer = make_optimizer(heads, [STUDY["lr"]], STUDY["momentum"], 0.0)
     result = fit(heads, optimizer, tensors["train"], tensors["val"], STUDY["batch_size"], epochs, epochs + 1,

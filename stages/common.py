@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import glob
 import json
 import os
 import shutil
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -91,10 +93,13 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for leftover in path.parent.glob(f".{glob.escape(path.name)}.*.partial"):  # from a run that was killed
+        shutil.rmtree(leftover, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
     target = tmp / path.name
     try:
         yield target
+        kill_here_for_tests(path)
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)
         os.replace(target, path)
@@ -102,12 +107,12 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def remove_stale_partials(directory: str | Path) -> None:
-    """Remove temporary outputs left by a run that was killed (see :func:`atomic_path`)."""
-    directory = Path(directory)
-    if directory.is_dir():
-        for leftover in directory.glob(".*.partial"):
-            shutil.rmtree(leftover, ignore_errors=True)
+def kill_here_for_tests(path: Path) -> None:
+    """Fault injection for tests/test_interrupt.py: with PLANKTON_KILL_BEFORE=<file name>,
+    SIGKILL the whole run (this process group, dvc included) just before that output is
+    renamed into place: the worst moment for a run to die."""
+    if os.environ.get("PLANKTON_KILL_BEFORE") == path.name:
+        os.killpg(os.getpgrp(), signal.SIGKILL)
 
 
 def write_json(path: str | Path, obj: Any) -> None:

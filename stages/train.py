@@ -19,6 +19,7 @@ import dataclasses
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from dvclive import Live
 from tqdm import tqdm
@@ -53,7 +54,7 @@ class TrainParams:
 def load_tensors(folder: Path, split: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """A split's float16 features and labels, resident on ``device``."""
     x, y = load_split(folder, split)
-    return torch.from_numpy(x[:]).to(device), torch.from_numpy(y).to(device)
+    return torch.from_numpy(np.array(x)).to(device), torch.from_numpy(y).to(device)  # np.array: read into memory
 
 
 def train_heads(features: Path, cfg: TrainParams, seed: int) -> tuple[FitResult, dict, float]:

@@ -40,6 +40,7 @@ def make_repo(repo: Path, **param_sections) -> Path:
     (repo / "params.yaml").write_text(yaml.safe_dump(project_params(**param_sections), sort_keys=False))
     run(repo, "git", "init", "-q", "-b", "main")
     run(repo, "dvc", "init", "-q")
+    shutil.copy(ROOT / ".dvcignore", repo / ".dvcignore")
     run(repo, "dvc", "config", "core.analytics", "false")
     commit(repo, "initial")
     return repo
