@@ -28,12 +28,12 @@ bench: $(STAMP)
 
 ## compare: each model's validation/test accuracy across experiments, one table
 compare: $(STAMP)
-	$(BIN)/python -m stages.exp_table
+	$(BIN)/python -m tools.experiments
 
 ## report: markdown report of metric changes against BASE (default HEAD~1)
 BASE ?= HEAD~1
 report: $(STAMP)
-	$(BIN)/python -m stages.report --base $(BASE) --out report.md
+	$(BIN)/python -m tools.report --base $(BASE) --out-dir report
 
 ## weights: download every configured model's weights into data/pretrained (needs network)
 weights: $(STAMP)

@@ -1,0 +1,113 @@
+"""Compare experiments: each model's key numbers across `dvc exp show`, in one narrow table
+(not a pipeline stage; `make compare`).
+
+One row per model and experiment, grouped by model, so a model's baseline and new test
+accuracy sit one above the other; only the params that differ from the baseline are shown.
+Fits 120 columns for the three default models.
+
+    python -m tools.experiments                     # text, to the terminal
+    python -m tools.experiments --md compare.md --csv compare.csv
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+
+from stages.common import UserError, run_cli, write_csv, write_text
+
+COLUMNS = {  # label -> path inside a model's metrics
+    "pretrained": ("pretrained",),
+    "val_acc": ("val", "accuracy"),
+    "test_acc": ("test", "accuracy"),
+    "macro_f1": ("test", "macro_f1"),
+    "val_loss": ("val", "loss"),
+    "epochs": ("epochs",),
+    "train_s": ("train_seconds",),
+}
+
+
+def dvc_experiments(extra: list[str]) -> list[dict]:
+    proc = subprocess.run(["dvc", "exp", "show", "--json", *extra], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise UserError(f"dvc exp show failed: {proc.stderr.strip().splitlines()[-1] if proc.stderr else proc.returncode}")
+    return json.loads(proc.stdout)
+
+
+def flatten(tree: dict, prefix: str = "") -> dict[str, object]:
+    flat = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        flat.update(flatten(value, name + ".") if isinstance(value, dict) else {name: value})
+    return flat
+
+
+def revisions(records: list[dict]) -> list[tuple[str, dict]]:
+    """(label, data) for each baseline commit and its experiments, workspace left out."""
+    out = []
+    for record in records:
+        if record["rev"] == "workspace" or not record.get("data"):
+            continue
+        out.append((f"{record.get('name') or record['rev'][:7]} (baseline)", record["data"]))
+        for group in record.get("experiments") or []:
+            for rev in group["revs"]:
+                if rev.get("data"):
+                    out.append((rev.get("name") or rev["rev"][:7], rev["data"]))
+    return out
+
+
+def params_of(data: dict) -> dict:
+    return flatten((data.get("params") or {}).get("params.yaml", {}).get("data", {}))
+
+
+def model_metrics(data: dict) -> dict[str, dict]:
+    models = {}
+    for path, content in (data.get("metrics") or {}).items():
+        if path.startswith("metrics/evaluate/"):
+            models.update(content.get("data") or {})
+    return models
+
+
+def dig(tree: dict, keys: tuple[str, ...]):
+    for key in keys:
+        tree = tree.get(key) if isinstance(tree, dict) else None
+    return tree
+
+
+def comparison(records: list[dict]) -> pd.DataFrame:
+    revs = revisions(records)
+    if not revs:
+        raise UserError("no experiments to compare; run dvc repro (or dvc exp run) and commit first")
+    baseline = params_of(revs[0][1])
+    rows = []
+    for label, data in revs:
+        changed = {k: v for k, v in params_of(data).items() if baseline.get(k) != v}
+        for model, m in model_metrics(data).items():
+            row = {"model": model, "experiment": label,
+                   "changed params": " ".join(f"{k}={v}" for k, v in sorted(changed.items())) or "-"}
+            row.update({col: dig(m, keys) for col, keys in COLUMNS.items()})
+            row["pretrained"] = "yes" if row["pretrained"] else "NO"
+            rows.append(row)
+    return pd.DataFrame(rows).sort_values(["model"], kind="stable").reset_index(drop=True)
+
+
+def main(argv: list[str] | None = None) -> pd.DataFrame:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--md", type=Path, help="also write the table as markdown")
+    p.add_argument("--csv", type=Path, help="also write the table as CSV")
+    p.add_argument("--all-commits", action="store_true", help="every commit's experiments, not only HEAD's")
+    args = p.parse_args(argv)
+    table = comparison(dvc_experiments(["--all-commits"] if args.all_commits else []))
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}", max_colwidth=28))
+    if args.md:
+        write_text(args.md, table.to_markdown(index=False, floatfmt=".4f") + "\n")
+    if args.csv:
+        write_csv(args.csv, table)
+    return table
+
+
+if __name__ == "__main__":
+    run_cli(main)
