@@ -5,7 +5,7 @@ BIN := $(abspath $(VENV))/bin
 STAMP := $(VENV)/.installed-requirements
 export PATH := $(BIN):$(PATH)
 
-.PHONY: demo test bench compare report weights clean-outputs
+.PHONY: demo test bench compare report plots check-reproduction weights
 
 $(STAMP): requirements.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,14 +26,23 @@ BENCH_ARGS ?= --classes 17 --per-class 100 --epochs 10 --model alexnet
 bench: $(STAMP)
 	$(BIN)/python -m bench.study_vs_pipeline $(BENCH_ARGS)
 
-## compare: each model's validation/test accuracy across experiments, one table
+## compare: each model's key metrics across `dvc exp show`'s experiments, one narrow table
 compare: $(STAMP)
-	$(BIN)/python -m tools.experiments
+	$(BIN)/python -m tools.experiments --md metrics/experiments.md --csv metrics/experiments.csv
 
-## report: markdown report of metric changes against BASE (default HEAD~1)
+## report: report/report.md (metric diff against BASE, comparison, confusion matrices) and
+## report/plots.html (dvc plots diff, one self-contained file that opens offline)
 BASE ?= HEAD~1
 report: $(STAMP)
 	$(BIN)/python -m tools.report --base $(BASE) --out-dir report
+
+## plots: dvc plots show, rendered to dvc_plots/index.html with its scripts inlined (offline)
+plots: $(STAMP)
+	dvc plots show
+
+## check-reproduction: `dvc repro --force`, then compare with the committed metrics (CI)
+check-reproduction: $(STAMP)
+	$(BIN)/python -m tools.reproduction
 
 ## weights: download every configured model's weights into data/pretrained (needs network)
 weights: $(STAMP)

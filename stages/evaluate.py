@@ -7,7 +7,9 @@ Outputs: ``--metrics`` JSON (the summary that ``dvc exp show`` lists): val/test 
          ``--confusion`` JSON (rows of actual/predicted class names, for DVC's confusion plot);
          ``--confusion-png`` (counts, row-normalised colours, like the study's figure);
          ``--per-class`` CSV (precision/recall/F1/support per class, test split);
-         ``--misclassified`` CSV (test images: path, true, predicted, probability).
+         ``--misclassified`` CSV (test images: path, true, predicted, probability);
+         ``--run-record`` JSON: how these numbers were made (weights, preprocessing, training
+         params, seeds, library versions and device of the extract and train runs).
 Params:  none (everything comes from the model file).
 """
 from __future__ import annotations
@@ -78,6 +80,24 @@ def evaluate_model(record: dict, features: Path, split_dir: Path, out: argparse.
     }
 
 
+def run_record(record: dict, meta: dict) -> dict:
+    """Everything that determined the metrics, for reproducing them later."""
+    training = record["training"]
+    return {
+        "backbone": record["backbone"],
+        "weights": record["weights"],
+        "preprocess": record["preprocess"],
+        "classes": record["classes"],
+        "split_sizes": meta["sizes"],
+        "train_params": training["params"],
+        "seed": training["seed"],
+        "deterministic_algorithms": True,  # stages/runtime.py: use_deterministic_algorithms
+        "lr_sweep_best_val_loss": training["lr_sweep"],
+        "extract_environment": meta["environment"],
+        "train_environment": training["environment"],
+    }
+
+
 def write_confusion(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str], model: str, json_path: Path,
                     png_path: Path) -> None:
     rows = [{"actual": classes[t], "predicted": classes[p]} for t, p in zip(y_true, y_pred)]
@@ -98,6 +118,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--confusion-png", type=Path, required=True)
     p.add_argument("--per-class", type=Path, required=True)
     p.add_argument("--misclassified", type=Path, required=True)
+    p.add_argument("--run-record", type=Path, required=True)
     return p.parse_args(argv)
 
 
@@ -106,6 +127,7 @@ def main(argv: list[str] | None = None) -> dict:
     record = load_model_file(args.model_file)
     summary = evaluate_model(record, args.features, args.split_dir, args)
     write_json(args.metrics, {record["backbone"]: summary})  # keyed by model: short, unique `dvc exp show` columns
+    write_json(args.run_record, run_record(record, load_meta(args.features)))
     print(f"evaluate {record['backbone']}: val accuracy {summary['val']['accuracy']:.4f}, "
           f"test accuracy {summary['test']['accuracy']:.4f}, weights: {summary['weights']}")
     return summary

@@ -92,7 +92,7 @@ def log_history(live_dir: Path, result: FitResult, k: int) -> None:
                         "best_val_loss": round(result.best_val_loss[k], 6)}
 
 
-def model_record(result: FitResult, k: int, meta: dict, cfg: TrainParams, seconds: float) -> dict:
+def model_record(result: FitResult, k: int, meta: dict, cfg: TrainParams, seed: int, seconds: float) -> dict:
     return {
         "backbone": meta["backbone"],
         "weights": meta["weights"],
@@ -108,6 +108,7 @@ def model_record(result: FitResult, k: int, meta: dict, cfg: TrainParams, second
             "seconds": seconds,
             "lr_sweep": {str(lr): loss for lr, loss in zip(cfg.lrs, result.best_val_loss)},
             "params": dataclasses.asdict(cfg),
+            "seed": seed,
             "environment": environment(resolve_device(cfg.device)),
         },
     }
@@ -128,7 +129,7 @@ def main(argv: list[str] | None = None) -> dict:
     cfg, seed = section(TrainParams, params, "train"), section(BaseParams, params, "base").seed
     result, meta, seconds = train_heads(args.features, cfg, seed)
     k = min(range(len(cfg.lrs)), key=lambda i: result.best_val_loss[i])
-    record = model_record(result, k, meta, cfg, seconds)
+    record = model_record(result, k, meta, cfg, seed, seconds)
     log_history(args.live_dir, result, k)
     save_model_file(record, args.model_file)
     t = record["training"]

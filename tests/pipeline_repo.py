@@ -33,7 +33,8 @@ def run(repo: Path, *args: str, check: bool = True, env: dict | None = None) -> 
 def make_repo(repo: Path, **param_sections) -> Path:
     """Copy the pipeline (code, dvc.yaml, params) into ``repo``, git init, dvc init, commit."""
     repo.mkdir(parents=True, exist_ok=True)
-    shutil.copytree(ROOT / "stages", repo / "stages", ignore=shutil.ignore_patterns("__pycache__"))
+    for package in ("stages", "tools"):
+        shutil.copytree(ROOT / package, repo / package, ignore=shutil.ignore_patterns("__pycache__"))
     for name in PROJECT_FILES:
         (repo / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(ROOT / name, repo / name)
@@ -41,7 +42,8 @@ def make_repo(repo: Path, **param_sections) -> Path:
     run(repo, "git", "init", "-q", "-b", "main")
     run(repo, "dvc", "init", "-q")
     shutil.copy(ROOT / ".dvcignore", repo / ".dvcignore")
-    run(repo, "dvc", "config", "core.analytics", "false")
+    shutil.copytree(ROOT / ".dvc" / "plots", repo / ".dvc" / "plots")  # offline page, confusion template
+    shutil.copy(ROOT / ".dvc" / "config", repo / ".dvc" / "config")
     commit(repo, "initial")
     return repo
 

@@ -1,0 +1,108 @@
+"""Comparing experiments, the CI report, the reproduction check and the offline plots page."""
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from tests.conftest import ROOT, make_dataset
+from tests.pipeline_repo import command_env, commit, make_repo, run
+from tools.experiments import comparison
+
+
+def exp_record(rev: str, name: str, lr: float, accuracies: dict[str, float], experiments=()) -> dict:
+    metrics = {f"metrics/evaluate/{m}.json": {"data": {m: {
+        "pretrained": m == "efficientnet_lite0", "val": {"accuracy": a, "loss": 1 - a}, "test": {"accuracy": a,
+        "macro_f1": a}, "epochs": 100, "train_seconds": 0.5}}} for m, a in accuracies.items()}
+    return {"rev": rev, "name": name, "data": {"params": {"params.yaml": {"data": {"train": {"lr": lr}}}},
+                                               "metrics": metrics},
+            "experiments": [{"revs": [e]} for e in experiments]}
+
+
+def test_experiment_table_puts_each_models_baseline_and_new_accuracy_together_in_120_columns():
+    models = {"alexnet": 0.2, "vgg11": 0.4, "efficientnet_lite0": 0.9}
+    exp = exp_record("b" * 40, "quick-tern", 0.01, {m: a + 0.05 for m, a in models.items()})
+    records = [{"rev": "workspace", "data": {}}, exp_record("a" * 40, "main", 0.001, models, [exp])]
+    table = comparison(records)
+    lite = table[table["model"] == "efficientnet_lite0"]
+    assert lite["experiment"].tolist() == ["main (baseline)", "quick-tern"]
+    assert lite["test_acc"].tolist() == pytest.approx([0.9, 0.95])
+    assert lite["changed params"].tolist() == ["-", "train.lr=0.01"]
+    assert table[table["model"] == "alexnet"]["pretrained"].tolist() == ["NO", "NO"]
+    text = table.to_string(index=False, float_format=lambda v: f"{v:.4f}")
+    assert max(len(line) for line in text.splitlines()) <= 120
+
+
+def test_offline_plots_page_needs_no_network():
+    page = (ROOT / ".dvc" / "plots" / "offline.html").read_text()
+    assert "{plot_divs}" in page and "{scripts}" not in page  # DVC's CDN script tags have nowhere to go
+    assert not re.search(r"<(script|link)[^>]+(src|href)=[\"']https?:", page)
+    assert "vega-lite@5.2.0" in page and "vega-embed@6.18.2" in page
+    assert "html_template = plots/offline.html" in (ROOT / ".dvc" / "config").read_text()
+
+
+def test_github_workflow_runs_the_report_script_and_posts_it():
+    workflow = yaml.safe_load((ROOT / ".github" / "workflows" / "report.yml").read_text())
+    steps = workflow["jobs"]["report"]["steps"]
+    commands = "\n".join(step.get("run", "") for step in steps)
+    assert "make report BASE=" in commands and "GITHUB_STEP_SUMMARY" in commands and "cml comment" in commands
+    triggers = workflow.get("on", workflow.get(True))  # PyYAML reads the bare key `on` as True
+    assert "pull_request" in triggers
+
+
+@pytest.fixture(scope="module")
+def branch_repo(tmp_path_factory):
+    """A baseline commit, then a commit that changes the learning rate."""
+    repo = tmp_path_factory.mktemp("report")
+    make_dataset(repo / "data" / "raw", {"a": 8, "b": 8, "c": 8})
+    make_repo(repo, models=["alexnet"], data={"raw": "data/raw"}, filter={"min_images_per_class": 3, "workers": 1},
+              extract={"batch_size": 8, "workers": 0}, train={"max_epochs": 15})
+    run(repo, "dvc", "repro")
+    commit(repo, "baseline")
+    run(repo, "git", "checkout", "-q", "-b", "faster-lr")
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["train"]["lr"] = 0.1
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run(repo, "dvc", "repro")
+    commit(repo, "lr 0.1")
+    return repo
+
+
+def tool(repo, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", *args], cwd=repo, env=command_env(), capture_output=True, text=True)
+
+
+def test_report_against_the_previous_commit(branch_repo):
+    done = tool(branch_repo, "tools.report", "--base", "HEAD~1", "--out-dir", "report")
+    assert done.returncode == 0, done.stderr
+    text = (branch_repo / "report" / "report.md").read_text()
+    assert "| params.yaml | `train.lr` | 0.0010 | 0.1000 |" in text
+    assert re.search(r"\| metrics/evaluate/alexnet.json \| `alexnet.val.loss` \| [0-9.]+ \| [0-9.]+ \|", text)
+    links = re.findall(r"!\[[^]]*\]\(([^)]+)\)", text)
+    assert links == ["images/alexnet_confusion_test.png"]
+    assert (branch_repo / "report" / links[0]).stat().st_size > 5000
+    html = (branch_repo / "report" / "plots.html").read_text()
+    assert not re.search(r"<(script|link|img)[^>]+(src|href)=[\"'](https?:|static/)", html)  # self-contained
+    assert html.count("vegaEmbed(") >= 5 and "data:image/png;base64," in html
+    assert '"rev": "HEAD~1"' in html.replace("'", '"') or "HEAD~1" in html
+
+
+def test_reproduction_check_passes_and_reports_a_changed_metric(branch_repo):
+    ok = tool(branch_repo, "tools.reproduction", "--no-repro")
+    assert ok.returncode == 0 and "reproduction check passed" in ok.stdout, ok.stdout + ok.stderr
+    path = branch_repo / "metrics" / "evaluate" / "alexnet.json"
+    original = path.read_text()
+    tampered = json.loads(original)
+    tampered["alexnet"]["test"]["accuracy"] += 0.01
+    tampered["alexnet"]["train_seconds"] += 100  # timings are not compared
+    path.write_text(json.dumps(tampered))
+    try:
+        bad = tool(branch_repo, "tools.reproduction", "--no-repro")
+    finally:
+        path.write_text(original)
+    assert bad.returncode == 1
+    assert "1 of" in bad.stdout and "alexnet.test.accuracy" in bad.stdout and "train_seconds" not in bad.stdout
