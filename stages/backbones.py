@@ -103,31 +103,21 @@ def timm_builder(arch: str) -> Callable[[], nn.Module]:
     return build
 
 
-register(Backbone(
-    name="alexnet",
-    build=torchvision_builder("alexnet"),
-    strip_head=replace_last_classifier_layer,
-    feature_dim=4096,
-    preprocess=Preprocess(),
-    weights=WeightSpec(
-        filename="alexnet-owt-7be5be79.pth",
-        url="https://download.pytorch.org/models/alexnet-owt-7be5be79.pth",
-        licence="BSD-3-Clause (torchvision)",
-    ),
-))
+def torchvision_classifier(name: str, weight_file: str) -> Backbone:
+    """An ImageNet classifier from torchvision whose last layer is ``classifier[6]`` (4096 -> 1000)."""
+    return Backbone(
+        name=name,
+        build=torchvision_builder(name),
+        strip_head=replace_last_classifier_layer,
+        feature_dim=4096,
+        preprocess=Preprocess(),  # torchvision's IMAGENET1K_V1 transforms: 256 -> 224, bilinear, ImageNet mean/std
+        weights=WeightSpec(filename=weight_file, url=f"https://download.pytorch.org/models/{weight_file}",
+                           licence="BSD-3-Clause (torchvision)"),
+    )
 
-register(Backbone(
-    name="vgg11",
-    build=torchvision_builder("vgg11"),
-    strip_head=replace_last_classifier_layer,
-    feature_dim=4096,
-    preprocess=Preprocess(),
-    weights=WeightSpec(
-        filename="vgg11-8a719046.pth",
-        url="https://download.pytorch.org/models/vgg11-8a719046.pth",
-        licence="BSD-3-Clause (torchvision)",
-    ),
-))
+
+register(torchvision_classifier("alexnet", "alexnet-owt-7be5be79.pth"))
+register(torchvision_classifier("vgg11", "vgg11-8a719046.pth"))
 
 register(Backbone(
     name="efficientnet_lite0",

@@ -83,7 +83,10 @@ def is_image_name(name: str) -> bool:
 
 def check_image(path: str | Path, cfg: ImageConfig) -> ImageCheck:
     """Read ``path`` once: hash its bytes and decode them fully with :func:`decode_rgb`."""
-    data = Path(path).read_bytes()
+    try:
+        data = Path(path).read_bytes()
+    except OSError as err:  # permissions, a file vanishing, an I/O error on a failing disk
+        return ImageCheck(sha256="", ok=False, reason=f"unreadable file: {err.strerror or err}", kind="unreadable file")
     digest = hashlib.sha256(data).hexdigest()
     try:
         img, conversions, fmt = decode_rgb(data, cfg)

@@ -56,3 +56,13 @@ def commit(repo: Path, message: str) -> None:
 def stages_run(output: str) -> list[str]:
     """Names of the stages that a dvc command ran, from its output."""
     return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")]
+
+
+def make_small_repo(repo: Path) -> Path:
+    """Three synthetic classes of 8 images, AlexNet only, 15 epochs: the quickest full pipeline."""
+    from tests.conftest import make_dataset
+
+    make_dataset(repo / "data" / "raw", {"a": 8, "b": 8, "c": 8})
+    return make_repo(repo, models=["alexnet"], data={"raw": "data/raw"},
+                     filter={"min_images_per_class": 3, "workers": 1}, extract={"batch_size": 8, "workers": 0},
+                     train={"max_epochs": 15})

@@ -153,3 +153,14 @@ def test_other_modes_are_converted_to_rgb(tmp_path, mode):
     assert load_rgb(path, CFG).mode == "RGB"
     if mode in ("CMYK", "1"):
         assert f"{mode} converted to RGB" in check.conversions
+
+
+def test_unreadable_file_is_rejected_not_a_crash(tmp_path, monkeypatch):
+    path = save(Image.new("RGB", (8, 8)), tmp_path / "locked.png", "PNG")
+
+    def denied(self):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(type(path), "read_bytes", denied)
+    check = check_image(path, CFG)
+    assert not check.ok and check.kind == "unreadable file" and "Permission denied" in check.reason

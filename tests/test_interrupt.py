@@ -9,8 +9,7 @@ import subprocess
 
 import pytest
 
-from tests.conftest import make_dataset
-from tests.pipeline_repo import command_env, commit, make_repo, run, stages_run
+from tests.pipeline_repo import command_env, commit, make_small_repo, run, stages_run
 
 # stage -> the output it is killed just before renaming (a stage writes several; this one is
 # written after others, so the stage dies with part of its outputs in place)
@@ -43,10 +42,7 @@ def strip_timing(obj):
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory):
-    repo = tmp_path_factory.mktemp("interrupt")
-    make_dataset(repo / "data" / "raw", {"a": 8, "b": 8, "c": 8})
-    make_repo(repo, models=["alexnet"], data={"raw": "data/raw"}, filter={"min_images_per_class": 3, "workers": 1},
-              extract={"batch_size": 8, "workers": 0}, train={"max_epochs": 15})
+    repo = make_small_repo(tmp_path_factory.mktemp("interrupt"))
     run(repo, "dvc", "repro")
     commit(repo, "baseline")
     return repo, metric_values(repo)

@@ -9,8 +9,8 @@ import sys
 import pytest
 import yaml
 
-from tests.conftest import ROOT, make_dataset
-from tests.pipeline_repo import command_env, commit, make_repo, run
+from tests.conftest import ROOT
+from tests.pipeline_repo import command_env, commit, make_small_repo, run
 from tools.experiments import comparison
 
 
@@ -57,10 +57,7 @@ def test_github_workflow_runs_the_report_script_and_posts_it():
 @pytest.fixture(scope="module")
 def branch_repo(tmp_path_factory):
     """A baseline commit, then a commit that changes the learning rate."""
-    repo = tmp_path_factory.mktemp("report")
-    make_dataset(repo / "data" / "raw", {"a": 8, "b": 8, "c": 8})
-    make_repo(repo, models=["alexnet"], data={"raw": "data/raw"}, filter={"min_images_per_class": 3, "workers": 1},
-              extract={"batch_size": 8, "workers": 0}, train={"max_epochs": 15})
+    repo = make_small_repo(tmp_path_factory.mktemp("report"))
     run(repo, "dvc", "repro")
     commit(repo, "baseline")
     run(repo, "git", "checkout", "-q", "-b", "faster-lr")

