@@ -103,6 +103,10 @@ def make_messy_dataset(root: Path, per_class: int = 10, seed: int = 1) -> dict:
     frames = [organism(rng, 0).convert("P") for _ in range(3)]
     frames[0].save(cop / "anim.gif", save_all=True, append_images=frames[1:])
     organism(rng, 0).convert("CMYK").save(cop / "cmyk.tif")
+    palette = organism(rng, 0).convert("P")
+    palette.save(cop / "palette.png", transparency=0)
+    # an enormous scan (but under image.max_pixels): decoded at reduced size by the extract stage
+    organism(rng, 0, size=(2400, 1800)).save(cop / "big_scan.jpg", quality=80)
     # rejected
     buf = io.BytesIO()
     organism(rng, 0).save(buf, "JPEG")
@@ -130,9 +134,9 @@ def make_messy_dataset(root: Path, per_class: int = 10, seed: int = 1) -> dict:
     os.symlink("..", cop / "station_4" / "back_to_class")
     return {
         "files_on_disk": sum(len(files) for _, _, files in os.walk(root)),
-        "kept_classes": {"Copepoda": per_class + 5 + 2, "Diatom chain": per_class - 1, "Noctilucá": per_class},
+        "kept_classes": {"Copepoda": per_class + 7 + 2, "Diatom chain": per_class - 1, "Noctilucá": per_class},
         "converted": {"Copepoda/deep16.png", "Copepoda/alpha.png", "Copepoda/rotated.jpg", "Copepoda/anim.gif",
-                      "Copepoda/cmyk.tif"},
+                      "Copepoda/cmyk.tif", "Copepoda/palette.png"},
         "rejected": {"Copepoda/truncated.jpg": "truncated or corrupt", "Copepoda/zero.jpg": "empty file",
                      "Copepoda/notes.png": "not an image", "Copepoda/bomb.png": "too large"},
         "duplicates": {"Copepoda/img_000.jpg": "Copepoda/copy_of_img_000.jpg"},  # first path kept
