@@ -50,8 +50,8 @@ def rounded(values: dict[str, float]) -> dict[str, float]:
     return {k: round(v, 4) for k, v in values.items()}
 
 
-def evaluate_model(record: dict, features: Path, split_dir: Path, out: argparse.Namespace) -> dict:
-    classes, meta = record["classes"], load_meta(features)
+def evaluate_model(record: dict, meta: dict, features: Path, split_dir: Path, out: argparse.Namespace) -> dict:
+    classes = record["classes"]
     results = {}
     for split in ("val", "test"):
         x, y_true = load_split(features, split)
@@ -124,10 +124,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    record = load_model_file(args.model_file)
-    summary = evaluate_model(record, args.features, args.split_dir, args)
+    record, meta = load_model_file(args.model_file), load_meta(args.features)
+    summary = evaluate_model(record, meta, args.features, args.split_dir, args)
     write_json(args.metrics, {record["backbone"]: summary})  # keyed by model: short, unique `dvc exp show` columns
-    write_json(args.run_record, run_record(record, load_meta(args.features)))
+    write_json(args.run_record, run_record(record, meta))
     print(f"evaluate {record['backbone']}: val accuracy {summary['val']['accuracy']:.4f}, "
           f"test accuracy {summary['test']['accuracy']:.4f}, weights: {summary['weights']}")
     return summary

@@ -18,6 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from stages.common import UserError, atomic_path
+from stages.weights import load_state_dict_file
+
 
 class LinearHeads(nn.Module):
     """K independent linear layers ``dim -> classes``; forward gives (K, N, classes) logits."""
@@ -115,17 +118,12 @@ MODEL_FORMAT = "plankton-transfer-head/1"
 
 def save_model_file(record: dict, path) -> None:
     """Save a trained head with all it needs for later use (see stages/train.py)."""
-    from stages.common import atomic_path
-
     with atomic_path(path) as tmp:
         torch.save({"format": MODEL_FORMAT, **record}, tmp)
 
 
 def load_model_file(path) -> dict:
     """Load a model file with ``weights_only=True``: plain tensors and strings, no code."""
-    from stages.common import UserError
-    from stages.weights import load_state_dict_file
-
     record = load_state_dict_file(path)
     if record.get("format") != MODEL_FORMAT:
         raise UserError(f"{path} is not a model file of this pipeline (format {record.get('format')!r}); "

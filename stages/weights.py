@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import importlib.util
+import os
 import re
 import socket
 import sys
@@ -127,19 +128,27 @@ def local_candidates(spec: WeightSpec, cfg: PretrainedParams) -> list[tuple[str,
     return candidates
 
 
-def download(spec: WeightSpec, dest: Path) -> Path:
-    """Download the official file to ``dest`` (checked before it is moved into place)."""
+def download(spec: WeightSpec, dest: Path) -> str:
+    """Download the official file to ``dest``; returns its sha256.
+
+    The file is checked under a temporary name and only then moved into place, so an
+    unverified file never sits where the next run would find it.
+    """
     import torch.hub
 
     dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(dest.name + ".download")
     print(f"downloading {spec.url} -> {dest}", file=sys.stderr)
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)  # a firewall that drops packets must not hang the run
     try:
-        torch.hub.download_url_to_file(spec.url, str(dest), hash_prefix=None, progress=True)
+        torch.hub.download_url_to_file(spec.url, str(tmp), hash_prefix=None, progress=True)
+        digest = verify(tmp, spec)
+        os.replace(tmp, dest)
+        return digest
     finally:
         socket.setdefaulttimeout(previous)
-    return dest
+        tmp.unlink(missing_ok=True)
 
 
 def missing_message(name: str, spec: WeightSpec, cfg: PretrainedParams, why: str) -> str:
@@ -160,15 +169,9 @@ def resolve_weights(name: str, spec: WeightSpec | None, cfg: PretrainedParams) -
     if cfg.download and spec.url:
         dest = hub_checkpoint_dir() / spec.filename
         try:
-            download(spec, dest)
+            return ResolvedWeights(source="download", path=str(dest), sha256=download(spec, dest))
         except (urllib.error.URLError, OSError, TimeoutError) as err:
             why = f"no local copy, and the download failed: {getattr(err, 'reason', err)}; no network?"
-        else:
-            try:
-                return ResolvedWeights(source="download", path=str(dest), sha256=verify(dest, spec))
-            except UserError:
-                dest.unlink()  # never leave an unverified file where the next run would find it
-                raise
     elif spec.url:
         why = "no local copy, and pretrained.download is false"
     if cfg.on_missing == "error":

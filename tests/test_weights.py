@@ -115,3 +115,18 @@ def test_prefetch_command_verifies_what_is_there_and_explains_what_it_cannot_fet
             fetch_weights.main(["--models", "alexnet", "--params", str(params)])
     finally:
         REGISTRY["alexnet"] = dataclasses.replace(REGISTRY["alexnet"], weights=spec)
+
+
+def test_download_is_checked_before_it_is_put_in_place(tmp_path):
+    from stages.weights import download
+
+    served, spec = official_file(tmp_path / "server")
+    good = dataclasses.replace(spec, url=served.as_uri())
+    dest = tmp_path / "cache" / spec.filename
+    assert download(good, dest) == hashlib.sha256(served.read_bytes()).hexdigest() and dest.is_file()
+    dest.unlink()
+    wrong = tmp_path / "server" / "other.pth"
+    torch.save({"w": torch.ones(6)}, wrong)
+    with pytest.raises(UserError, match="damaged or not the official"):
+        download(dataclasses.replace(spec, url=wrong.as_uri()), dest)
+    assert list(dest.parent.iterdir()) == []  # neither the file nor its temporary copy is left

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 from pathlib import Path
 
 import pandas as pd
 
 from stages.common import UserError, run_cli, write_csv, write_text
+from tools.report import dvc
 
 COLUMNS = {  # label -> path inside a model's metrics
     "pretrained": ("pretrained",),
@@ -31,10 +31,7 @@ COLUMNS = {  # label -> path inside a model's metrics
 
 
 def dvc_experiments(extra: list[str]) -> list[dict]:
-    proc = subprocess.run(["dvc", "exp", "show", "--json", *extra], capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise UserError(f"dvc exp show failed: {proc.stderr.strip().splitlines()[-1] if proc.stderr else proc.returncode}")
-    return json.loads(proc.stdout)
+    return json.loads(dvc("exp", "show", "--json", *extra))
 
 
 def flatten(tree: dict, prefix: str = "") -> dict[str, object]:
