@@ -7,13 +7,18 @@ export PATH := $(BIN):$(PATH)
 
 .PHONY: demo test bench compare report plots check-reproduction weights
 
-$(STAMP): requirements.txt
+# requirements.txt pins every library; the project's own package (plankton_transfer, with its
+# console commands) is then installed in editable mode, without build isolation or network.
+$(STAMP): requirements.txt pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	@touch $(STAMP)
 
-## demo: run the whole pipeline on the bundled sample and print the comparison
+## demo: fetch ImageNet weights if the network allows (a one-line note when it does not), run the
+## whole pipeline on the bundled sample and print the comparison
 demo: $(STAMP)
+	plankton-fetch-weights --offline-ok
 	dvc repro
 	@cat metrics/compare/compare.md
 
@@ -28,13 +33,13 @@ bench: $(STAMP)
 
 ## compare: each model's key metrics across `dvc exp show`'s experiments, one narrow table
 compare: $(STAMP)
-	$(BIN)/python -m tools.experiments --md metrics/experiments.md --csv metrics/experiments.csv
+	plankton-experiments --md metrics/experiments.md --csv metrics/experiments.csv
 
 ## report: report/report.md (metric diff against BASE, comparison, confusion matrices) and
 ## report/plots.html (dvc plots diff, one self-contained file that opens offline)
 BASE ?= HEAD~1
 report: $(STAMP)
-	$(BIN)/python -m tools.report --base $(BASE) --out-dir report
+	plankton-report --base $(BASE) --out-dir report
 
 ## plots: dvc plots show, rendered to dvc_plots/index.html with its scripts inlined (offline)
 plots: $(STAMP)
@@ -46,4 +51,4 @@ check-reproduction: $(STAMP)
 
 ## weights: download every configured model's weights into data/pretrained (needs network)
 weights: $(STAMP)
-	$(BIN)/python -m stages.fetch_weights
+	plankton-fetch-weights

@@ -3,8 +3,8 @@
 (a) the study's loop: the frozen backbone re-run on every image at every step (batch 24,
     shuffled, 4 DataLoader workers, PIL Resize(256) + CenterCrop(224)), SGD on the new last
     layer, and after every epoch a full evaluation of the train and validation sets;
-(b) this pipeline: extract features once (stages/extract.py's loader and loop, same
-    preprocessing), then train the head on them for the same epochs (stages/head.py).
+(b) this pipeline: extract features once (plankton_transfer/models/extraction.py: same loader and loop, same
+    preprocessing), then train the head on them for the same epochs (plankton_transfer/models/heads.py).
 
 Also measured: the compute-only forward images/s of the same backbone (random input,
 same batch size, device and dtype), so extraction's fraction of the limit shows, and the
@@ -32,16 +32,15 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
 from bench.standin import build_standin
-from stages.backbones import build_feature_extractor, get_backbone, resolve_backbone_weights
-from stages.extract import ExtractParams, autocast_dtype, extract_features
-from stages.loading import ImageFiles, device_decodable, make_loader
-from stages.features import feature_writer
-from stages.head import LinearHeads, fit, make_optimizer
-from stages.train import load_tensors
-from stages.images import ImageConfig
-from stages.preprocess import Normalize, TensorPreprocess, draft_size, make_transform
-from stages.runtime import environment, resolve_device
-from stages.weights import PretrainedParams
+from plankton_transfer.data.features import feature_writer
+from plankton_transfer.data.loading import ImageFiles, device_decodable, make_loader
+from plankton_transfer.data.preprocess import Normalize, TensorPreprocess, draft_size, make_transform
+from plankton_transfer.models.backbones import build_feature_extractor, get_backbone, resolve_backbone_weights
+from plankton_transfer.models.extraction import autocast_dtype, extract_features
+from plankton_transfer.models.heads import LinearHeads, fit, make_optimizer
+from plankton_transfer.models.training import load_tensors
+from plankton_transfer.params import ExtractParams, ImageParams, PretrainedParams
+from plankton_transfer.runtime import environment, resolve_device
 
 STUDY = {"lr": 0.001, "momentum": 0.9, "batch_size": 24, "workers": 4}
 
@@ -110,7 +109,7 @@ def run_pipeline(model: nn.Module, name: str, items: dict[str, list], classes: i
     pre = get_backbone(name).preprocess
     paths = [str(p) for split in ("train", "val") for p, _ in items[split]]
     plain_jpegs = pd.DataFrame({"format": ["JPEG"] * len(paths), "converted": [False] * len(paths)})  # the stand-in
-    dataset = ImageFiles(Path("/"), paths, make_transform(pre, "crop"), ImageConfig(), draft_size(pre, "crop"),
+    dataset = ImageFiles(Path("/"), paths, make_transform(pre, "crop"), ImageParams(), draft_size(pre, "crop"),
                          device_decodable(plain_jpegs, cfg.decode, device))
     normalize = Normalize(pre.mean, pre.std).to(device)
     sizes = {"train": len(items["train"]), "val": len(items["val"])}
@@ -195,7 +194,7 @@ def main(argv: list[str] | None = None) -> dict:
     items, classes = split_items(data, 0.2)
     batch = args.batch_size or (256 if device.type == "cuda" else 32)
     cfg = ExtractParams(preprocess="crop", batch_size=batch, workers=args.workers, device=str(device), decode=args.decode)
-    weights = resolve_backbone_weights(args.model, PretrainedParams(on_missing="random", download=False))
+    weights = resolve_backbone_weights(args.model, PretrainedParams(on_missing="random"))
     model = build_feature_extractor(args.model, weights, seed=0).to(device).to(memory_format=torch.channels_last)
     result = {"model": args.model, "weights": weights.describe(), "images": sum(len(v) for v in items.values()),
               "classes": classes, "epochs": args.epochs, "extract_batch_size": batch, "decode": args.decode,

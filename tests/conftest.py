@@ -6,6 +6,7 @@ import io
 import os
 import shutil
 import struct
+import sys
 import zlib
 from pathlib import Path
 
@@ -72,6 +73,34 @@ def png_header_only(width: int, height: int) -> bytes:
 def isolated_torch_home(tmp_path_factory, monkeypatch):
     """No test sees weight files in the user's real torch hub cache."""
     monkeypatch.setenv("TORCH_HOME", str(tmp_path_factory.mktemp("torch_home")))
+
+
+NETGUARD = Path(__file__).resolve().parent / "netguard"
+
+
+@pytest.fixture(scope="session")
+def netguard_log(tmp_path_factory) -> Path:
+    """Install the socket guard here and in every Python subprocess (dvc, stages, tools)."""
+    log = tmp_path_factory.mktemp("netguard") / "attempts.log"
+    log.touch()
+    os.environ["PLANKTON_NETGUARD_LOG"] = str(log)
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(NETGUARD), os.environ.get("PYTHONPATH")]))
+    sys.path.insert(0, str(NETGUARD))
+    from tests_netguard import install
+
+    install(str(log))
+    return log
+
+
+@pytest.fixture(autouse=True)
+def no_network(netguard_log):
+    """Fail any test during which some process tried to reach beyond loopback."""
+    before = netguard_log.stat().st_size
+    yield
+    with netguard_log.open(encoding="utf-8") as log:
+        log.seek(before)
+        attempts = log.read()
+    assert not attempts, f"a test tried to use the network:\n{attempts[:3000]}"
 
 
 def make_messy_dataset(root: Path, per_class: int = 10, seed: int = 1) -> dict:

@@ -11,7 +11,7 @@ import yaml
 
 from tests.conftest import ROOT, project_params
 
-PROJECT_FILES = ["dvc.yaml", ".gitignore", "data/pretrained/README.md"]
+PROJECT_FILES = ["dvc.yaml", ".gitignore", "pyproject.toml"]
 
 
 def command_env(extra: dict | None = None) -> dict:
@@ -33,11 +33,15 @@ def run(repo: Path, *args: str, check: bool = True, env: dict | None = None) -> 
 def make_repo(repo: Path, **param_sections) -> Path:
     """Copy the pipeline (code, dvc.yaml, params) into ``repo``, git init, dvc init, commit."""
     repo.mkdir(parents=True, exist_ok=True)
-    for package in ("stages", "tools"):
+    for package in ("plankton_transfer", "stages", "tools"):
         shutil.copytree(ROOT / package, repo / package, ignore=shutil.ignore_patterns("__pycache__"))
     for name in PROJECT_FILES:
         (repo / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(ROOT / name, repo / name)
+    # the weight folders as git has them (READMEs), never weight files a developer fetched
+    shutil.copytree(ROOT / "data" / "pretrained", repo / "data" / "pretrained", dirs_exist_ok=True,
+                    ignore=lambda folder, names: [n for n in names if not Path(folder, n).is_dir()
+                                                  and n not in ("README.md", "SHA256SUMS")])
     (repo / "params.yaml").write_text(yaml.safe_dump(project_params(**param_sections), sort_keys=False))
     run(repo, "git", "init", "-q", "-b", "main")
     run(repo, "dvc", "init", "-q")

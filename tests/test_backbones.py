@@ -9,11 +9,11 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import cross_val_score
 from torchvision.transforms import v2
 
-from stages.backbones import REGISTRY, build_feature_extractor, get_backbone, resolve_backbone_weights
-from stages.common import UserError
-from stages.images import ImageConfig, load_rgb
-from stages.preprocess import Normalize, border_colour, make_transform
-from stages.weights import PretrainedParams, ResolvedWeights
+from plankton_transfer.models.backbones import REGISTRY, build_feature_extractor, get_backbone, resolve_backbone_weights
+from plankton_transfer.errors import UserError
+from plankton_transfer.data.images import ImageParams, load_rgb
+from plankton_transfer.data.preprocess import Normalize, border_colour, make_transform
+from plankton_transfer.models.weights import PretrainedParams, ResolvedWeights
 from tests.conftest import SAMPLE
 
 RANDOM = ResolvedWeights(source="random-init")
@@ -73,7 +73,7 @@ def sample_features(name: str, weights: ResolvedWeights) -> tuple[np.ndarray, np
     pre = get_backbone(name).preprocess
     transform, normalise = make_transform(pre, "pad"), Normalize(pre.mean, pre.std)
     paths = sorted(p for p in SAMPLE.glob("*/*.jpg"))
-    x = torch.stack([transform(load_rgb(p, ImageConfig())) for p in paths])
+    x = torch.stack([transform(load_rgb(p, ImageParams())) for p in paths])
     with torch.inference_mode():
         feats = model(normalise(x)).numpy()
     return feats, np.array([p.parent.name for p in paths])

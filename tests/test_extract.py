@@ -11,10 +11,10 @@ from PIL import Image
 from stages import extract as extract_stage
 from stages import filter as filter_stage
 from stages import split as split_stage
-from stages.backbones import get_backbone
-from stages.common import UserError
-from stages.features import FeatureWriter, load_split
-from stages.preprocess import TensorPreprocess, make_transform
+from plankton_transfer.models.backbones import get_backbone
+from plankton_transfer.errors import UserError
+from plankton_transfer.data.features import FeatureWriter, load_split
+from plankton_transfer.data.preprocess import TensorPreprocess, make_transform
 from tests.conftest import make_dataset, write_params
 
 

@@ -8,14 +8,15 @@ import pandas as pd
 import pytest
 
 from stages import filter as filter_stage
-from stages import validation
-from stages.common import UserError
-from stages.filter import FilterParams, filter_dataset
-from stages.images import ImageConfig
-from stages.scan import scan_dataset
+from plankton_transfer.data import validation
+from plankton_transfer.errors import UserError
+from plankton_transfer.data.filtering import filter_dataset
+from plankton_transfer.params import FilterParams
+from plankton_transfer.data.images import ImageParams
+from plankton_transfer.data.scan import scan_dataset
 from tests.conftest import make_dataset, make_messy_dataset, write_params
 
-IMG = ImageConfig()
+IMG = ImageParams()
 
 
 @pytest.fixture
@@ -78,7 +79,7 @@ def test_mixed_split_and_class_folders_are_refused(tmp_path):
 
 def test_include_exclude_and_cap(tmp_path):
     make_dataset(tmp_path, {"a": 5, "b": 7, "c": 3})
-    cfg = FilterParams(min_images_per_class=1, exclude=["c"], max_per_class=4, workers=1)
+    cfg = FilterParams(min_images_per_class=1, exclude=("c",), max_per_class=4, workers=1)
     result = filter_dataset(tmp_path, cfg, IMG)
     assert result.manifest["class"].value_counts().to_dict() == {"a": 4, "b": 4}
     assert result.report["classes"]["over_cap"] == {"a": 1, "b": 3}
@@ -87,7 +88,7 @@ def test_include_exclude_and_cap(tmp_path):
     again = filter_dataset(tmp_path, cfg, IMG)
     assert again.manifest.equals(result.manifest)  # the capped subset is reproducible
     with pytest.raises(UserError, match="'d', which is not a class folder"):
-        filter_dataset(tmp_path, FilterParams(include=["d"]), IMG)
+        filter_dataset(tmp_path, FilterParams(include=("d",)), IMG)
 
 
 def test_symlinked_class_folder_is_followed(tmp_path):
@@ -113,7 +114,7 @@ def test_validation_cache_skips_unchanged_files(tmp_path, monkeypatch):
     third = filter_dataset(tmp_path / "raw", cfg, IMG, cache)
     assert [p.name for p in checked] == ["a_000.jpg"]
     assert third.report["rejected"]["files"][0]["path"] == "a/a_000.jpg"
-    filter_dataset(tmp_path / "raw", cfg, ImageConfig(min_side=5), cache)  # other params: no reuse
+    filter_dataset(tmp_path / "raw", cfg, ImageParams(min_side=5), cache)  # other params: no reuse
     assert len(checked) == 1 + 8
 
 

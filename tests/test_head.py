@@ -7,8 +7,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from stages.head import LinearHeads, evaluate, fit, make_optimizer, train_one_epoch
-from stages.metrics import summary_metrics
+from plankton_transfer.models.heads import LinearHeads, evaluate, fit, make_optimizer, train_one_epoch
+from plankton_transfer.evaluation.metrics import summary_metrics
 
 
 def blobs(n: int, dim: int = 16, classes: int = 3, seed: int = 0, noise: float = 1.0):

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from stages.images import ImageConfig, check_image, load_rgb
+from plankton_transfer.data.images import ImageParams, check_image, load_rgb
 from tests.conftest import png_header_only
 
-CFG = ImageConfig()
+CFG = ImageParams()
 
 
 def save(img: Image.Image, path, fmt: str, **kw):
@@ -58,12 +58,12 @@ def test_transparency_is_flattened_onto_the_background_not_black(tmp_path):
     a[..., 0] = 200  # red where opaque
     a[:5, :, 3] = 255  # top half opaque, bottom half fully transparent
     path = save(Image.fromarray(a, "RGBA"), tmp_path / "alpha.png", "PNG")
-    check = check_image(path, ImageConfig(background=(255, 255, 255)))
+    check = check_image(path, ImageParams(background=(255, 255, 255)))
     assert check.ok and any("transparency" in c for c in check.conversions)
-    out = np.asarray(load_rgb(path, ImageConfig(background=(255, 255, 255))))
+    out = np.asarray(load_rgb(path, ImageParams(background=(255, 255, 255))))
     assert tuple(out[0, 0]) == (200, 0, 0)
     assert tuple(out[9, 9]) == (255, 255, 255)
-    dark = np.asarray(load_rgb(path, ImageConfig(background=(0, 0, 0))))
+    dark = np.asarray(load_rgb(path, ImageParams(background=(0, 0, 0))))
     assert tuple(dark[9, 9]) == (0, 0, 0)
 
 
@@ -137,8 +137,8 @@ def test_decompression_bomb_is_refused_from_the_header(tmp_path):
 
 def test_max_pixels_and_min_side_params_are_honoured(tmp_path):
     path = save(Image.new("RGB", (20, 20)), tmp_path / "a.png", "PNG")
-    assert check_image(path, ImageConfig(max_pixels=399)).kind == "too large"
-    assert check_image(path, ImageConfig(max_pixels=400)).ok
+    assert check_image(path, ImageParams(max_pixels=399)).kind == "too large"
+    assert check_image(path, ImageParams(max_pixels=400)).ok
     thin = save(Image.new("RGB", (200, 2)), tmp_path / "thin.png", "PNG")
     assert check_image(thin, CFG).kind == "too small"
 

@@ -6,8 +6,8 @@ import math
 import numpy as np
 import pandas as pd
 
-from stages.evaluate import misclassified
-from stages.metrics import confusion, per_class_table, summary_metrics
+from plankton_transfer.evaluation.scoring import misclassified
+from plankton_transfer.evaluation.metrics import confusion, per_class_table, summary_metrics
 
 Y = np.array([0, 1, 2, 2])
 P = np.array([

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 import yaml
@@ -42,7 +43,10 @@ def test_repro_writes_metrics_plots_and_comparison_for_every_model(repo):
         assert (repo / "models" / f"{name}.pt").is_file()
     assert metrics(repo, "efficientnet_lite0")["pretrained"] is True
     assert metrics(repo, "alexnet")["pretrained"] is False and metrics(repo, "vgg11")["pretrained"] is False
-    assert metrics(repo, "alexnet")["weights"] == "random init (NOT pretrained)"
+    record = json.loads((repo / "metrics" / "runs" / "alexnet.json").read_text())
+    assert record["weights"]["description"] == "random init (NOT pretrained)"
+    lite0 = json.loads((repo / "metrics" / "runs" / "efficientnet_lite0.json").read_text())["weights"]
+    assert lite0["check"] == "full sha256 pinned in the registry" and len(lite0["sha256"]) == 64
     table = (repo / "metrics" / "compare" / "compare.md").read_text()
     assert table.count("NOT pretrained") >= 2 and "efficientnet_lite0 | ImageNet" in table
     assert (repo / "plots" / "compare" / "accuracy_vs_time.png").is_file()
@@ -119,15 +123,54 @@ def test_on_missing_error_stops_before_any_compute_with_a_clear_message(repo):
 def test_model_file_classifies_new_images_as_the_pipeline_did(repo, name):
     import pandas as pd
 
-    from stages.head import load_model_file
-    from stages.images import ImageConfig
-    from stages.predict import classify
-    from stages.weights import PretrainedParams
+    from plankton_transfer.models.heads import load_model_file
+    from plankton_transfer.models.inference import classify
+    from plankton_transfer.params import ImageParams, PretrainedParams
 
     repo, _, _ = repo
     test = pd.read_csv(repo / "data" / "split" / "test.csv", keep_default_na=False)
     record = load_model_file(repo / "models" / f"{name}.pt")
     table = classify(record, [repo / "data" / "raw" / p for p in test["path"]],
-                     PretrainedParams(dir=str(repo / "data" / "pretrained")), ImageConfig())
+                     PretrainedParams(dir=str(repo / "data" / "pretrained")), ImageParams())
     accuracy = (table["predicted"].to_numpy() == test["class"].to_numpy()).mean()
     assert abs(accuracy - metrics(repo, name)["test"]["accuracy"]) <= 1 / len(test) + 1e-9
+
+
+def leaves(tree, prefix=""):
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            yield from leaves(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+def test_metric_files_hold_only_numbers_and_the_pretrained_flag(repo):
+    repo, _, _ = repo
+    files = [repo / "metrics" / "filter.json", repo / "metrics" / "split.json",
+             *sorted((repo / "metrics" / "evaluate").glob("*.json"))]
+    for path in files:
+        for key, value in leaves(json.loads(path.read_text())):
+            assert isinstance(value, (int, float)), (path.name, key, value)
+            assert not isinstance(value, bool) or key.endswith("pretrained"), (path.name, key)
+
+
+def test_a_weight_file_added_to_one_backbones_folder_reruns_that_backbone_only(repo):
+    import shutil
+
+    from plankton_transfer.models.backbones import resolve_backbone_weights
+    from plankton_transfer.params import PretrainedParams
+
+    repo, _, _ = repo
+    installed = Path(resolve_backbone_weights("efficientnet_lite0", PretrainedParams()).path)
+    target = repo / "data" / "pretrained" / "efficientnet_lite0" / installed.name
+    shutil.copy(installed, target)
+    try:
+        changed = json.loads(run(repo, "dvc", "status", "--json").stdout)
+        run(repo, "dvc", "repro", "--single-item", "extract@efficientnet_lite0")
+        meta = json.loads((repo / "data" / "features" / "efficientnet_lite0" / "meta.json").read_text())
+    finally:
+        target.unlink()
+        run(repo, "git", "checkout", "--", "dvc.lock")
+        run(repo, "dvc", "checkout", "-q")
+    assert sorted(changed) == ["extract@efficientnet_lite0"], changed
+    assert meta["weights"]["source"] == "project folder" and meta["weights"]["pretrained"] is True

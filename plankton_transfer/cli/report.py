@@ -1,6 +1,6 @@
 """CI report: what a change did to the metrics, as markdown (`make report BASE=...`).
 
-    python -m tools.report --base origin/main --out-dir report
+    python -m plankton_transfer.cli.report --base origin/main --out-dir report
 
 Runs `dvc repro` (a no-op when nothing changed), then writes into ``--out-dir``:
 - report.md: the params that changed, `dvc metrics diff` against the base (quality metrics
@@ -22,7 +22,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from stages.common import UserError, run_cli, write_text
+from plankton_transfer.errors import UserError, run_cli
+from plankton_transfer.files import write_text
 
 TIMING_KEYS = ("seconds", "per_s")
 
@@ -113,5 +114,9 @@ def main(argv: list[str] | None = None) -> Path:
     return args.out_dir / "report.md"
 
 
-if __name__ == "__main__":
+def run() -> None:
     run_cli(main)
+
+
+if __name__ == "__main__":
+    run()

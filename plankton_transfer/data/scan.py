@@ -17,8 +17,8 @@ import dataclasses
 import os
 from pathlib import Path
 
-from stages.common import UserError
-from stages.images import is_image_name
+from plankton_transfer.errors import UserError
+from plankton_transfer.data.images import is_image_name
 
 SPLIT_FOLDERS = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 IGNORED_FOLDERS = {"__MACOSX", "__pycache__"}

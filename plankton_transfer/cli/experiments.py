@@ -5,8 +5,8 @@ One row per model and experiment, grouped by model, so a model's baseline and ne
 accuracy sit one above the other; only the params that differ from the baseline are shown.
 Fits 120 columns for the three default models.
 
-    python -m tools.experiments                     # text, to the terminal
-    python -m tools.experiments --md compare.md --csv compare.csv
+    python -m plankton_transfer.cli.experiments                     # text, to the terminal
+    python -m plankton_transfer.cli.experiments --md compare.md --csv compare.csv
 """
 from __future__ import annotations
 
@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from stages.common import UserError, run_cli, write_csv, write_text
-from tools.report import dvc
+from plankton_transfer.errors import UserError, run_cli
+from plankton_transfer.files import write_csv, write_text
+from plankton_transfer.cli.report import dvc
 
 COLUMNS = {  # label -> path inside a model's metrics
     "pretrained": ("pretrained",),
@@ -106,5 +107,9 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     return table
 
 
-if __name__ == "__main__":
+def run() -> None:
     run_cli(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -15,8 +15,8 @@ from pathlib import Path
 import pandas as pd
 from tqdm import tqdm
 
-from stages.common import atomic_path
-from stages.images import ImageCheck, ImageConfig, check_image
+from plankton_transfer.files import atomic_path
+from plankton_transfer.data.images import ImageCheck, ImageParams, check_image
 
 RULES_VERSION = "2"  # bump when stages/images.py changes a verdict, to invalidate caches
 CACHE_COLUMNS = ["path", "size", "mtime_ns", "inode", "fingerprint", "sha256", "ok", "reason", "kind",
@@ -24,7 +24,7 @@ CACHE_COLUMNS = ["path", "size", "mtime_ns", "inode", "fingerprint", "sha256", "
 
 
 def validate_files(
-    raw: Path, paths: list[str], cfg: ImageConfig, cache_file: Path | None, workers: int = 0
+    raw: Path, paths: list[str], cfg: ImageParams, cache_file: Path | None, workers: int = 0
 ) -> dict[str, ImageCheck]:
     """Return an :class:`ImageCheck` for every path (relative to ``raw``)."""
     fingerprint = f"{RULES_VERSION}|{cfg.max_pixels}|{cfg.min_side}|{cfg.background}"
@@ -43,7 +43,7 @@ def file_signature(path: Path) -> tuple[int, int, int]:
     return st.st_size, st.st_mtime_ns, st.st_ino
 
 
-def run_checks(paths: list[Path], cfg: ImageConfig, workers: int) -> list[ImageCheck]:
+def run_checks(paths: list[Path], cfg: ImageParams, workers: int) -> list[ImageCheck]:
     workers = workers or os.cpu_count() or 1
     check = functools.partial(check_image, cfg=cfg)
     progress = dict(total=len(paths), desc="validate", unit="img", mininterval=1.0, disable=not paths)

@@ -7,14 +7,11 @@
 from __future__ import annotations
 
 import collections
-from typing import TYPE_CHECKING
 
-from stages.common import UserError
-from stages.images import ImageCheck
-from stages.scan import Candidate
-
-if TYPE_CHECKING:
-    from stages.filter import FilterParams
+from plankton_transfer.data.images import ImageCheck
+from plankton_transfer.data.scan import Candidate
+from plankton_transfer.errors import UserError
+from plankton_transfer.params import FilterParams
 
 SPLIT_ORDER = {"train": 0, "": 0, "val": 1, "test": 2}  # a duplicate is kept in the earliest split
 

@@ -14,12 +14,15 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy.special import softmax
 from torch import nn
 
-from stages.common import UserError, atomic_path
-from stages.weights import load_state_dict_file
+from plankton_transfer.errors import UserError
+from plankton_transfer.files import atomic_path
+from plankton_transfer.models.weights import load_state_dict_file
 
 
 class LinearHeads(nn.Module):
@@ -129,3 +132,10 @@ def load_model_file(path) -> dict:
         raise UserError(f"{path} is not a model file of this pipeline (format {record.get('format')!r}); "
                         "train it with the train stage")
     return record
+
+
+def head_probabilities(record: dict, features: np.ndarray) -> np.ndarray:
+    """Class probabilities of a model file's trained head for (N, D) feature rows."""
+    weight = record["head"]["weight"].numpy()
+    bias = record["head"]["bias"].numpy()
+    return softmax(np.asarray(features, dtype=np.float32) @ weight.T + bias, axis=1)

@@ -1,9 +1,10 @@
 """The backbone registry: each entry builds a model, names its official weights and carries
 its own preprocessing and feature size.
 
-Adding a torchvision or timm model is one :func:`register` call; ``params.yaml: models``
-picks which entries run. A feature extractor is the ImageNet network with its last layer
-removed, as in the study (which replaced only that layer): AlexNet and VGG11 give the
+Adding a torchvision or timm model is one :func:`register` call, plus a folder
+``data/pretrained/<name>/`` for its weight file; ``params.yaml: models`` picks which entries
+run. A feature extractor is the ImageNet network with its last layer removed, as in the
+study (which replaced only that layer): AlexNet and VGG11 give the
 4096-d output of the second fully-connected layer, EfficientNet-Lite0 the 1280-d pooled
 features.
 """
@@ -15,22 +16,10 @@ from typing import Callable
 import torch
 from torch import nn
 
-from stages.common import UserError
-from stages.weights import PretrainedParams, ResolvedWeights, WeightSpec, load_state_dict_file, resolve_weights
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-@dataclasses.dataclass(frozen=True)
-class Preprocess:
-    """How a backbone expects its input (as timm's pretrained_cfg / torchvision's weights.transforms())."""
-
-    input_size: int = 224
-    resize_size: int = 256  # crop mode: shorter side resized to this, then centre-cropped to input_size
-    interpolation: str = "bilinear"
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
+from plankton_transfer.data.preprocess import Preprocess
+from plankton_transfer.errors import UserError
+from plankton_transfer.models.weights import ResolvedWeights, WeightSpec, load_state_dict_file, resolve_weights
+from plankton_transfer.params import PretrainedParams
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,7 +44,7 @@ def register(backbone: Backbone) -> Backbone:
 
 def get_backbone(name: str) -> Backbone:
     if name not in REGISTRY:
-        raise UserError(f"unknown backbone '{name}' in params.yaml models; choose from {', '.join(sorted(REGISTRY))}")
+        raise UserError(f"unknown backbone {name!r} in params.yaml models; choose from {', '.join(sorted(REGISTRY))}")
     return REGISTRY[name]
 
 
@@ -103,7 +92,7 @@ def timm_builder(arch: str) -> Callable[[], nn.Module]:
     return build
 
 
-def torchvision_classifier(name: str, weight_file: str) -> Backbone:
+def torchvision_classifier(name: str, weight_file: str, sha256: str | None = None) -> Backbone:
     """An ImageNet classifier from torchvision whose last layer is ``classifier[6]`` (4096 -> 1000)."""
     return Backbone(
         name=name,
@@ -112,11 +101,14 @@ def torchvision_classifier(name: str, weight_file: str) -> Backbone:
         feature_dim=4096,
         preprocess=Preprocess(),  # torchvision's IMAGENET1K_V1 transforms: 256 -> 224, bilinear, ImageNet mean/std
         weights=WeightSpec(filename=weight_file, url=f"https://download.pytorch.org/models/{weight_file}",
-                           licence="BSD-3-Clause (torchvision)"),
+                           sha256=sha256, licence="BSD-3-Clause (torchvision)"),
     )
 
 
-register(torchvision_classifier("alexnet", "alexnet-owt-7be5be79.pth"))
+# AlexNet's full sha256 (244,408,911 bytes) as several independent public records give it;
+# VGG11's is not pinned: the fetch command records it in data/pretrained/vgg11/SHA256SUMS.
+register(torchvision_classifier(
+    "alexnet", "alexnet-owt-7be5be79.pth", sha256="7be5be791159472b1fbf3c69796f7cb30dca7ad8466c2df70058c37116cdee02"))
 register(torchvision_classifier("vgg11", "vgg11-8a719046.pth"))
 
 register(Backbone(

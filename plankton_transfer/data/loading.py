@@ -13,8 +13,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from torchvision.io import ImageReadMode, decode_jpeg
 
-from stages.images import BadImage, ImageConfig, load_rgb
-from stages.preprocess import TensorPreprocess
+from plankton_transfer.data.images import BadImage, ImageParams, load_rgb
+from plankton_transfer.data.preprocess import TensorPreprocess
 
 
 class ImageFiles(Dataset):
@@ -22,7 +22,7 @@ class ImageFiles(Dataset):
     where ``raw[i]`` (a plain JPEG left for the device to decode). A file that fails to load
     is reported, not raised inside a worker (where the message would drown in a traceback)."""
 
-    def __init__(self, root: Path, paths: list[str], transform, image_cfg: ImageConfig, draft: int,
+    def __init__(self, root: Path, paths: list[str], transform, image_cfg: ImageParams, draft: int,
                  raw: list[bool] | None = None) -> None:
         self.root, self.paths, self.transform = root, paths, transform
         self.image_cfg, self.draft = image_cfg, draft

@@ -15,9 +15,10 @@ from typing import Iterator
 
 import numpy as np
 
-from stages.common import UserError, read_json
+from plankton_transfer.errors import UserError
+from plankton_transfer.files import read_json
 
-SPLITS = ("train", "val", "test")
+SPLITS = ("train", "val", "test")  # the order rows are stored in
 
 
 class FeatureWriter:

@@ -9,7 +9,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from stages.common import atomic_path  # noqa: E402
+from plankton_transfer.files import atomic_path  # noqa: E402
 
 
 def save_figure(fig, path: Path) -> None:

@@ -8,7 +8,7 @@ import random
 import numpy as np
 import torch
 
-from stages.common import UserError
+from plankton_transfer.errors import UserError
 
 
 def resolve_device(name: str) -> torch.device:

@@ -8,12 +8,6 @@ import pandas as pd
 from sklearn import metrics as skm
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    exp = np.exp(shifted)
-    return exp / exp.sum(axis=1, keepdims=True)
-
-
 def summary_metrics(y_true: np.ndarray, proba: np.ndarray) -> dict[str, float]:
     """Accuracy, top-5 accuracy, cross-entropy, macro-F1 and balanced accuracy.
 

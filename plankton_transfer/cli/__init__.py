@@ -1,0 +1,1 @@
+"""Commands users run outside ``dvc repro`` (console scripts in pyproject.toml)."""

@@ -1,0 +1,120 @@
+"""The filter stage's work: find, validate and select the images and classes to use.
+
+Every file below the image folder ends up in exactly one count of the report (kept,
+ignored, rejected, duplicate, label conflict, dropped class, over the class cap).
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+from pathlib import Path
+
+import pandas as pd
+
+from plankton_transfer.data.images import ImageCheck
+from plankton_transfer.data.scan import Candidate, Scan, scan_dataset
+from plankton_transfer.data.selection import remove_duplicates, select_classes
+from plankton_transfer.data.validation import validate_files
+from plankton_transfer.params import FilterParams, ImageParams
+
+# format and converted tell the extract stage which files GPU JPEG decoding can take as they are
+MANIFEST_COLUMNS = ["path", "class", "label", "split", "sha256", "width", "height", "format", "converted"]
+
+
+@dataclasses.dataclass
+class FilterResult:
+    manifest: pd.DataFrame
+    report: dict
+
+
+def filter_dataset(raw: Path, cfg: FilterParams, image_cfg: ImageParams, cache_file: Path | None = None) -> FilterResult:
+    """Scan ``raw``, validate every candidate, drop duplicates and conflicts, select classes."""
+    scan = scan_dataset(raw)
+    checks = validate_files(raw, [c.path for c in scan.candidates], image_cfg, cache_file, cfg.workers)
+    usable = [(c, checks[c.path]) for c in scan.candidates if checks[c.path].ok]
+    unique, duplicates, conflicts = remove_duplicates(usable, cfg.label_conflicts)
+    kept, dropped_classes, over_cap = select_classes(unique, scan.class_folders, cfg)
+    manifest = build_manifest(kept)
+    report = build_report(raw, scan, checks, duplicates, conflicts, manifest, dropped_classes, over_cap)
+    return FilterResult(manifest=manifest, report=report)
+
+
+def build_manifest(kept: list[tuple[Candidate, ImageCheck]]) -> pd.DataFrame:
+    classes = sorted({c.label_name for c, _ in kept})
+    label_of = {name: i for i, name in enumerate(classes)}
+    rows = [
+        (c.path, c.label_name, label_of[c.label_name], c.split, chk.sha256, chk.width, chk.height, chk.format,
+         bool(chk.conversions))
+        for c, chk in kept
+    ]
+    return pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
+
+
+def build_report(raw, scan: Scan, checks, duplicates, conflicts, manifest, dropped_classes, over_cap) -> dict:
+    rejected = [{"path": p, "reason": chk.reason} for p, chk in sorted(checks.items()) if not chk.ok]
+    converted = [{"path": p, "conversions": list(chk.conversions)} for p, chk in sorted(checks.items()) if chk.conversions]
+    summary = {
+        "kept": len(manifest),
+        "ignored": sum(e["files"] for e in scan.ignored),
+        "rejected": len(rejected),
+        "duplicates": len(duplicates),
+        "label_conflicts": sum(len(c["paths"]) for c in conflicts),
+        "in_dropped_classes": sum(d["images"] for d in dropped_classes.values()),
+        "over_class_cap": sum(over_cap.values()),
+    }
+    assert sum(summary.values()) == scan.files_seen, f"file accounting broken: {summary} != {scan.files_seen} files"
+    return {
+        "source": str(raw),
+        "layout": scan.layout,
+        "files_seen": scan.files_seen,
+        "summary": summary,
+        "classes": {
+            "kept": manifest["class"].value_counts().sort_index().to_dict(),
+            "dropped": dropped_classes,
+            "over_cap": over_cap,
+        },
+        "rejected": {"count_by_reason": count_by(checks[r["path"]].kind for r in rejected), "files": rejected},
+        "converted": {
+            "count_by_conversion": count_by(conv.split(" ")[0] for c in converted for conv in c["conversions"]),
+            "files": converted,
+        },
+        "ignored": {"count_by_reason": count_by_weighted(scan.ignored), "entries": scan.ignored},
+        "duplicates": duplicates,
+        "label_conflicts": conflicts,
+    }
+
+
+def count_by(keys) -> dict[str, int]:
+    return dict(sorted(collections.Counter(keys).items()))
+
+
+def count_by_weighted(entries: list[dict]) -> dict[str, int]:
+    counts: collections.Counter = collections.Counter()
+    for entry in entries:
+        counts[entry["reason"]] += entry["files"]
+    return dict(sorted(counts.items()))
+
+
+def filter_metrics(result: FilterResult) -> dict:
+    """The counts ``dvc metrics`` shows for the filter stage."""
+    summary = result.report["summary"]
+    return {
+        "classes": len(result.report["classes"]["kept"]),
+        "images": summary["kept"],
+        "rejected": summary["rejected"],
+        "duplicates": summary["duplicates"],
+        "label_conflicts": summary["label_conflicts"],
+        "ignored": summary["ignored"],
+    }
+
+
+def summary_lines(result: FilterResult, report_path: Path) -> list[str]:
+    """What the stage prints: totals, each non-zero count, each dropped class."""
+    r = result.report
+    lines = [f"filter: {r['files_seen']} files in {r['source']} ({r['layout']}): {r['summary']['kept']} images kept "
+             f"in {len(r['classes']['kept'])} classes"]
+    lines += [f"  {n:>7} {key.replace('_', ' ')}" for key, n in r["summary"].items() if key != "kept" and n]
+    lines += [f"  class '{name}' dropped: {info['reason']}" for name, info in r["classes"]["dropped"].items()]
+    if r["summary"]["rejected"] or r["converted"]["files"]:
+        lines.append(f"  details (every rejected or converted file, with its reason): {report_path}")
+    return lines

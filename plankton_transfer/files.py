@@ -1,0 +1,117 @@
+"""Writing outputs safely: atomic replacement, and never removing what a run did not create.
+
+Every output is written under a temporary name beside its target and renamed into place
+only when complete, so a run killed at any moment leaves the old output or the new one.
+
+Rules (README, "Real-world image folders"):
+- a file output never replaces a folder, and a folder output never replaces anything: an
+  existing folder is refused with a message (``dvc repro`` removes a stage's outputs
+  before running it, so stages run through DVC always start clean);
+- the temporaries of a killed run (``.<name>.<host>.<pid>.<random>.partial``) are removed
+  by the next write of the same output, but only when they come from this host and their
+  process is gone, so two runs writing the same output at once never touch each other's.
+"""
+from __future__ import annotations
+
+import contextlib
+import glob
+import json
+import os
+import shutil
+import signal
+import socket
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+from plankton_transfer.errors import UserError
+
+PARTIAL_SUFFIX = ".partial"
+
+
+def temporary_prefix(path: Path) -> str:
+    return f".{path.name}.{socket.gethostname()}.{os.getpid()}."
+
+
+def process_is_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def remove_stale_temporaries(path: Path) -> None:
+    """Remove ``.<name>.<this host>.<pid>.*.partial`` left by a killed run whose process is gone."""
+    host = socket.gethostname()
+    for leftover in path.parent.glob(f".{glob.escape(path.name)}.{glob.escape(host)}.*{PARTIAL_SUFFIX}"):
+        pid_part = leftover.name[len(f".{path.name}.{host}."):].split(".", 1)[0]
+        if pid_part.isdigit() and not process_is_alive(int(pid_part)):
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+def refuse_existing(path: Path, directory: bool) -> None:
+    if path.is_dir():
+        if not directory:
+            raise UserError(f"{path} is a folder; give a file path for this output (nothing was changed)")
+        raise UserError(
+            f"{path} already exists; a stage never deletes a folder: remove it yourself or run the stage "
+            "through dvc repro, which clears a stage's outputs before running it"
+        )
+    if directory and (path.exists() or path.is_symlink()):
+        raise UserError(f"{path} exists and is not a folder; remove it or choose another output folder")
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path, directory: bool = False) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it to ``path`` only on success.
+
+    ``directory``: the output is a folder (the caller creates it at the yielded path).
+    """
+    path = Path(path)
+    refuse_existing(path, directory)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path)
+    tmp = Path(tempfile.mkdtemp(prefix=temporary_prefix(path), suffix=PARTIAL_SUFFIX, dir=path.parent))
+    target = tmp / path.name
+    try:
+        yield target
+        kill_here_for_tests(path)
+        refuse_existing(path, directory)  # appeared while we were writing
+        os.replace(target, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # created above, in this run
+
+
+def kill_here_for_tests(path: Path) -> None:
+    """Fault injection for tests/test_interrupt.py: with PLANKTON_KILL_BEFORE=<file name>,
+    SIGKILL the whole run (this process group, dvc included) just before that output is
+    renamed into place: the worst moment for a run to die."""
+    if os.environ.get("PLANKTON_KILL_BEFORE") == path.name:
+        os.killpg(os.getpgrp(), signal.SIGKILL)
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def write_text(path: str | Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_csv(path: str | Path, frame: Any) -> None:
+    """Write a pandas DataFrame as CSV, atomically."""
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False)
+
+
+def read_json(path: str | Path) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path} not found; run the stage that writes it first (dvc repro)")
+    with path.open(encoding="utf-8") as f:
+        return json.load(f)

@@ -1,0 +1,1 @@
+"""Models: the backbone registry, weight files, feature extraction, heads and inference."""

@@ -1,0 +1,101 @@
+"""Running a frozen backbone once over every image of every split, into the feature store.
+
+The study re-ran the frozen network on every image in every epoch; a frozen backbone gives
+the same features every time, so computing them once is exact and turns hours into seconds.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from plankton_transfer.data.features import SPLITS, feature_writer
+from plankton_transfer.data.loading import ImageFiles, decode_on_device, device_decodable, make_loader
+from plankton_transfer.data.preprocess import Normalize, TensorPreprocess, draft_size, make_transform
+from plankton_transfer.errors import UserError
+from plankton_transfer.files import atomic_path, write_json
+from plankton_transfer.models.backbones import build_feature_extractor, count_parameters, get_backbone
+from plankton_transfer.models.backbones import resolve_backbone_weights
+from plankton_transfer.params import ExtractParams, ImageParams, PretrainedParams
+from plankton_transfer.runtime import environment, resolve_device, seed_everything, use_deterministic_algorithms
+
+
+def autocast_dtype(cfg: ExtractParams, device: torch.device) -> torch.dtype | None:
+    if cfg.dtype == "bf16" or (cfg.dtype == "auto" and device.type == "cuda"):
+        return torch.bfloat16
+    return None
+
+
+@torch.inference_mode()
+def extract_features(model, normalize, loader: DataLoader, writer, device: torch.device,
+                     dtype: torch.dtype | None, tensor_preprocess: TensorPreprocess | None = None) -> int:
+    """One pass of ``loader`` through ``model``; rows go to ``writer``. Returns the row count."""
+    offset = 0
+    for images, errors, raw in tqdm(loader, desc="extract", unit="batch", mininterval=2.0):
+        if errors:
+            raise UserError(f"cannot read {errors[0]}; the file changed since the filter stage: run dvc repro again")
+        if isinstance(images, list):
+            images = decode_on_device(images, raw, device, tensor_preprocess)
+        # channels_last is faster for these convnets on CUDA (tensor cores) and on CPU (oneDNN) alike
+        x = normalize(images.to(device, non_blocking=True)).contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            feats = model(x)
+        writer.write(offset, feats.float().cpu().numpy().astype(np.float16))
+        offset += len(feats)
+    return offset
+
+
+def class_names(rows: pd.DataFrame) -> list[str]:
+    """Class names indexed by label."""
+    pairs = rows[["label", "class"]].drop_duplicates().sort_values("label")
+    assert pairs["label"].tolist() == list(range(len(pairs))), "labels must be 0..C-1, one per class"
+    return pairs["class"].tolist()
+
+
+def run_extraction(model_name: str, raw: Path, parts: dict[str, pd.DataFrame], out_dir: Path, cfg: ExtractParams,
+                   image_cfg: ImageParams, pretrained_cfg: PretrainedParams, seed: int) -> dict:
+    """Write ``out_dir`` (features, labels, meta.json) for backbone ``model_name``; returns the meta."""
+    backbone = get_backbone(model_name)
+    weights = resolve_backbone_weights(model_name, pretrained_cfg)  # before any compute: fails fast
+    device = resolve_device(cfg.device)
+    seed_everything(seed)
+    use_deterministic_algorithms()
+    model = build_feature_extractor(model_name, weights, seed).to(device).to(memory_format=torch.channels_last)
+    rows = pd.concat([parts[s] for s in SPLITS], ignore_index=True)
+    transform = make_transform(backbone.preprocess, cfg.preprocess)
+    dataset = ImageFiles(raw, rows["path"].tolist(), transform, image_cfg, draft_size(backbone.preprocess, cfg.preprocess),
+                         device_decodable(rows, cfg.decode, device))
+    normalize = Normalize(backbone.preprocess.mean, backbone.preprocess.std).to(device)
+    sizes = {s: len(parts[s]) for s in SPLITS}
+    with atomic_path(out_dir, directory=True) as tmp:
+        tmp.mkdir()
+        start = time.perf_counter()
+        with feature_writer(tmp, sizes, backbone.feature_dim) as writer:
+            n = extract_features(model, normalize, make_loader(dataset, cfg.batch_size, cfg.workers, device), writer, device,
+                                 autocast_dtype(cfg, device), TensorPreprocess(backbone.preprocess, cfg.preprocess))
+        seconds = time.perf_counter() - start
+        for s in SPLITS:
+            np.save(tmp / f"{s}_labels.npy", parts[s]["label"].to_numpy(dtype=np.int64))
+        meta = {
+            "backbone": model_name,
+            "weights": {"source": weights.source, "pretrained": weights.pretrained, "sha256": weights.sha256,
+                        "file": Path(weights.path).name if weights.path else "", "description": weights.describe(),
+                        "check": weights.check, "init_seed": seed},
+            "preprocess": {"mode": cfg.preprocess, **dataclasses.asdict(backbone.preprocess)},
+            "feature_dim": backbone.feature_dim,
+            "backbone_parameters": count_parameters(model),
+            "classes": class_names(rows),
+            "sizes": sizes,
+            "seconds": round(seconds, 3),
+            "images_per_s": round(n / seconds, 1) if seconds > 0 else None,
+            "decoded_on_device": int(sum(dataset.raw)),
+            "environment": environment(device),
+        }
+        write_json(tmp / "meta.json", meta)
+    return meta

@@ -1,0 +1,74 @@
+"""Training the new last layer on a backbone's cached features (the study's protocol, see
+plankton_transfer/models/heads.py), and the model file's record of how it was made."""
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from plankton_transfer.data.features import load_meta, load_split
+from plankton_transfer.models.heads import FitResult, LinearHeads, fit, make_optimizer
+from plankton_transfer.params import TrainParams
+from plankton_transfer.runtime import environment, resolve_device, seed_everything, use_deterministic_algorithms
+
+
+def load_tensors(folder: Path, split: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """A split's float16 features and labels, resident on ``device``."""
+    x, y = load_split(folder, split)
+    return torch.from_numpy(np.array(x)).to(device), torch.from_numpy(y).to(device)  # np.array: read into memory
+
+
+def train_heads(features: Path, cfg: TrainParams, seed: int) -> tuple[FitResult, dict, float]:
+    """Fit one head per learning rate; returns the result, the features' meta and seconds."""
+    meta = load_meta(features)
+    device = resolve_device(cfg.device)
+    generator = seed_everything(seed)
+    use_deterministic_algorithms()
+    train, val = load_tensors(features, "train", device), load_tensors(features, "val", device)
+    heads = LinearHeads(len(cfg.lrs), meta["feature_dim"], len(meta["classes"]), seed).to(device)
+    optimizer = make_optimizer(heads, cfg.lrs, cfg.momentum, cfg.weight_decay)
+    bar = tqdm(total=cfg.max_epochs, desc="train", unit="epoch", mininterval=1.0)
+
+    def show(epoch: int, row: dict) -> None:
+        bar.update(1)
+        bar.set_postfix(val_loss=f"{min(row['val_loss']):.4f}", refresh=False)
+
+    start = time.perf_counter()
+    result = fit(heads, optimizer, train, val, cfg.batch_size, cfg.max_epochs, cfg.patience, generator, show)
+    seconds = time.perf_counter() - start
+    bar.close()
+    return result, meta, seconds
+
+
+def best_head(result: FitResult) -> int:
+    """The head (learning rate) with the lowest validation loss; the test set is never looked at."""
+    return min(range(len(result.best_val_loss)), key=lambda i: result.best_val_loss[i])
+
+
+def model_record(result: FitResult, k: int, meta: dict, cfg: TrainParams, seed: int, seconds: float) -> dict:
+    """Everything a model file holds: the head and all that predict needs to use it."""
+    params = dataclasses.asdict(cfg)
+    params["lr"] = list(cfg.lrs) if isinstance(cfg.lr, tuple) else cfg.lr
+    return {
+        "backbone": meta["backbone"],
+        "weights": meta["weights"],
+        "preprocess": meta["preprocess"],
+        "feature_dim": meta["feature_dim"],
+        "classes": meta["classes"],
+        "head": result.best_states[k],
+        "training": {
+            "lr": cfg.lrs[k],
+            "epochs": result.epochs_run[k],
+            "best_epoch": result.best_epoch[k],
+            "best_val_loss": result.best_val_loss[k],
+            "seconds": seconds,
+            "lr_sweep": {str(lr): loss for lr, loss in zip(cfg.lrs, result.best_val_loss)},
+            "params": params,
+            "seed": seed,
+            "environment": environment(resolve_device(cfg.device)),
+        },
+    }
