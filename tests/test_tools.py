@@ -17,7 +17,7 @@ from plankton_transfer.cli.experiments import comparison
 def exp_record(rev: str, name: str, lr: float, accuracies: dict[str, float], experiments=()) -> dict:
     metrics = {f"metrics/evaluate/{m}.json": {"data": {m: {
         "pretrained": m == "efficientnet_lite0", "val": {"accuracy": a, "loss": 1 - a}, "test": {"accuracy": a,
-        "macro_f1": a}, "epochs": 100, "train_seconds": 0.5}}} for m, a in accuracies.items()}
+        "macro_f1": a}, "epochs": 100}}} for m, a in accuracies.items()}
     return {"rev": rev, "name": name, "data": {"params": {"params.yaml": {"data": {"train": {"lr": lr}}}},
                                                "metrics": metrics},
             "experiments": [{"revs": [e]} for e in experiments]}
@@ -95,11 +95,18 @@ def test_reproduction_check_passes_and_reports_a_changed_metric(branch_repo):
     original = path.read_text()
     tampered = json.loads(original)
     tampered["alexnet"]["test"]["accuracy"] += 0.01
-    tampered["alexnet"]["train_seconds"] += 100  # timings are not compared
     path.write_text(json.dumps(tampered))
     try:
         bad = tool(branch_repo, "tools.reproduction", "--no-repro")
     finally:
         path.write_text(original)
     assert bad.returncode == 1
-    assert "1 of" in bad.stdout and "alexnet.test.accuracy" in bad.stdout and "train_seconds" not in bad.stdout
+    assert "1 of" in bad.stdout and "alexnet.test.accuracy" in bad.stdout
+
+
+def test_reproduction_check_ignores_timings_and_compares_flags_exactly():
+    from tools.reproduction import mismatches
+
+    diff = {"m.json": {"a.seconds": {"old": 1.0, "new": 9.0}, "a.images_per_s": {"old": 5, "new": 50},
+                       "a.loss": {"old": 0.5, "new": 0.5015}, "a.pretrained": {"old": True, "new": False}}}
+    assert mismatches(diff, atol=0.002) == [("m.json", "a.pretrained", True, False)]

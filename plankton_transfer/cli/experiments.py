@@ -27,7 +27,6 @@ COLUMNS = {  # label -> path inside a model's metrics
     "macro_f1": ("test", "macro_f1"),
     "val_loss": ("val", "loss"),
     "epochs": ("epochs",),
-    "train_s": ("train_seconds",),
 }
 
 

@@ -20,14 +20,15 @@ def comparison_rows(models: list[str], metrics_dir: Path, runs_dir: Path) -> lis
         m = read_json(metrics_dir / f"{name}.json").get(name)
         if m is None:
             raise UserError(f"{metrics_dir / f'{name}.json'} holds no metrics for {name}; run dvc repro")
-        weights = read_json(runs_dir / f"{name}.json")["weights"]
+        run = read_json(runs_dir / f"{name}.json")
+        weights, timing = run["weights"], run["timing"]
         rows.append({
             "model": name,
             "pretrained": m["pretrained"],
             "val_accuracy": m["val"]["accuracy"],
             "val_loss": m["val"]["loss"],
             "epochs": m["epochs"],
-            "total_seconds": round(m["extract_seconds"] + m["train_seconds"], 2),
+            "total_seconds": round(timing["extract_seconds"] + timing["train_seconds"], 2),
             "test_accuracy": m["test"]["accuracy"],
             "test_top5": m["test"]["top5"],
             "test_macro_f1": m["test"]["macro_f1"],

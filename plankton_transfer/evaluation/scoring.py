@@ -35,8 +35,9 @@ def rounded(values: dict[str, float]) -> dict[str, float]:
 
 
 def model_summary(record: dict, meta: dict, scores: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict:
-    """The numbers ``dvc exp show`` lists for one model (numbers and the pretrained flag only;
-    where the weights came from is in the run record)."""
+    """The numbers ``dvc exp show`` lists for one model: quality numbers, epochs and the pretrained
+    flag. Where the weights came from and timings (which change on every run and would fill
+    ``dvc exp show --only-changed``) are in the run record."""
     training = record["training"]
     head_size = int(record["head"]["weight"].numel() + record["head"]["bias"].numel())
     return {
@@ -44,9 +45,6 @@ def model_summary(record: dict, meta: dict, scores: dict[str, tuple[np.ndarray, 
         **{split: rounded(summary_metrics(y, proba)) for split, (y, proba) in scores.items()},
         "epochs": training["epochs"],
         "best_epoch": training["best_epoch"],
-        "train_seconds": round(training["seconds"], 3),
-        "extract_seconds": meta["seconds"],
-        "extract_images_per_s": meta["images_per_s"],
         "lr": training["lr"],
         "parameters": meta["backbone_parameters"] + head_size,
     }
@@ -65,6 +63,8 @@ def run_record(record: dict, meta: dict) -> dict:
         "seed": training["seed"],
         "deterministic_algorithms": True,  # plankton_transfer/runtime.py: use_deterministic_algorithms
         "lr_sweep_best_val_loss": training["lr_sweep"],
+        "timing": {"train_seconds": round(training["seconds"], 3), "extract_seconds": meta["seconds"],
+                   "extract_images_per_s": meta["images_per_s"]},
         "extract_environment": meta["environment"],
         "train_environment": training["environment"],
     }
