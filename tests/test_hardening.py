@@ -231,6 +231,16 @@ def test_9_4_non_utf8_names_are_rejected_with_a_readable_reason_and_nothing_is_l
     assert len(pd.read_csv(out / "cache.csv")) == 8
 
 
+def test_9_4_a_validation_cache_that_cannot_be_written_costs_no_finished_work(tmp_path, capsys):
+    raw = make_dataset(tmp_path / "raw", {"a": 3, "b": 3})
+    params = write_params(tmp_path / "params.yaml", filter={"min_images_per_class": 1, "workers": 1})
+    out = tmp_path / "out"
+    (out / "cache.csv").mkdir(parents=True)  # in the way of the cache file
+    code, err = cli(filter_stage.main, filter_args(raw, out, params), capsys)
+    assert code == 0 and "warning: validation cache" in err and "the next run checks every file again" in err
+    assert len(pd.read_csv(out / "manifest.csv")) == 6 and (out / "cache.csv").is_dir()
+
+
 # 9.5: folder links leaving data.raw -------------------------------------------------
 
 
