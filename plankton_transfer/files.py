@@ -9,11 +9,14 @@ Rules (README, "Real-world image folders"):
   before running it, so stages run through DVC always start clean);
 - the temporaries of a killed run (``.<name>.<host>.<pid>.<random>.partial``) are removed
   by the next write of the same output, but only when they come from this host and their
-  process is gone, so two runs writing the same output at once never touch each other's.
+  process is gone, so two runs writing the same output at once never touch each other's;
+- a full disk (or quota, or a read-only folder) while writing is one line naming the output,
+  and the temporary is removed, not a traceback.
 """
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import json
 import os
@@ -27,6 +30,8 @@ from typing import Any, Iterator
 from plankton_transfer.errors import UserError
 
 PARTIAL_SUFFIX = ".partial"
+DISK_FULL = {errno.ENOSPC: "no space left on the disk", errno.EDQUOT: "disk quota exceeded",
+             errno.EFBIG: "file too large for the file system", errno.EROFS: "read-only file system"}
 
 
 def temporary_prefix(path: Path) -> str:
@@ -81,6 +86,11 @@ def atomic_path(path: str | Path, directory: bool = False) -> Iterator[Path]:
         kill_here_for_tests(path)
         refuse_existing(path, directory)  # appeared while we were writing
         os.replace(target, path)
+    except OSError as err:
+        if err.errno not in DISK_FULL:
+            raise
+        raise UserError(f"cannot write {path}: {DISK_FULL[err.errno]}; free some space there (or write the "
+                        "outputs elsewhere) and run again") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # created above, in this run
 

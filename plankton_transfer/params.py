@@ -4,8 +4,9 @@ params.yaml is the source of truth for every setting; the defaults below mirror 
 tests/test_architecture.py, fails when they drift apart) so the library can also be used
 without a params file. Each stage loads only its sections with :func:`section`, which
 rejects unknown and mistyped keys with one line naming the key, the value and what is
-allowed; :func:`read_params` rejects unknown top-level sections (a typo such as ``trian:``)
-and checks the ``models`` list.
+allowed; :func:`read_params` rejects unknown top-level sections (a typo such as ``trian:``),
+checks the ``models`` list and every section present, so whichever stage runs first stops
+a run with a bad setting before any work.
 """
 from __future__ import annotations
 
@@ -209,6 +210,9 @@ def read_params(path: str | Path = PARAMS_FILE) -> dict[str, Any]:
                         f"{', '.join(sorted([*SECTIONS, *TOP_LEVEL_LISTS]))}")
     if "models" in params:
         check_model_names(params["models"])
+    for name, cls in SECTIONS.items():  # every section, not only the caller's: a run whose first
+        if params.get(name) is not None:  # stage is the filter stops there, not after hours of work
+            section(cls, params, name)
     return params
 
 

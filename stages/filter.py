@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from plankton_transfer.data.filtering import filter_dataset, filter_metrics, summary_lines
+from plankton_transfer.data.filtering import filter_dataset, filter_metrics, require_two_classes, summary_lines
 from plankton_transfer.errors import UserError, run_cli
 from plankton_transfer.files import write_csv, write_json
 from plankton_transfer.params import DataParams, FilterParams, ImageParams, params_argument, read_params, section
@@ -45,8 +45,7 @@ def main(argv: list[str] | None = None):
             f"{result.report['summary']['rejected']} files rejected (listed in {args.report}); "
             "fix or remove them, or set filter.strict=false to leave them out"
         )
-    if result.manifest.empty:
-        raise UserError(f"no class kept in {raw}; see {args.report} and lower filter.min_images_per_class")
+    require_two_classes(result, cfg, args.report)
     write_csv(args.manifest, result.manifest)
     write_json(args.metrics, {"data": filter_metrics(result)})
     return result

@@ -91,13 +91,17 @@ def test_include_exclude_and_cap(tmp_path):
         filter_dataset(tmp_path, FilterParams(include=("d",)), IMG)
 
 
-def test_symlinked_class_folder_is_followed(tmp_path):
-    make_dataset(tmp_path / "elsewhere", {"a": 3}, seed=1)
+def test_symlinked_class_folder_inside_raw_is_followed_and_one_leaving_it_is_refused(tmp_path):
     root = tmp_path / "raw"
     make_dataset(root, {"b": 3}, seed=2)
-    os.symlink(tmp_path / "elsewhere" / "a", root / "a")
+    make_dataset(root / ".store", {"a": 3}, seed=1)  # hidden, so only reachable through the link
+    os.symlink(root / ".store" / "a", root / "a")
     result = filter_dataset(root, FilterParams(min_images_per_class=1, workers=1), IMG)
     assert result.manifest["class"].value_counts().to_dict() == {"a": 3, "b": 3}
+    make_dataset(tmp_path / "elsewhere", {"c": 3}, seed=3)
+    os.symlink(tmp_path / "elsewhere" / "c", root / "c")
+    with pytest.raises(UserError, match="folder links leaving .*raw: c; DVC does not track.*point data.raw at"):
+        filter_dataset(root, FilterParams(min_images_per_class=1, workers=1), IMG)
 
 
 def test_validation_cache_skips_unchanged_files(tmp_path, monkeypatch):

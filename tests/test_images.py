@@ -158,9 +158,13 @@ def test_other_modes_are_converted_to_rgb(tmp_path, mode):
 def test_unreadable_file_is_rejected_not_a_crash(tmp_path, monkeypatch):
     path = save(Image.new("RGB", (8, 8)), tmp_path / "locked.png", "PNG")
 
-    def denied(self):
-        raise PermissionError(13, "Permission denied")
+    real_open = type(path).open
 
-    monkeypatch.setattr(type(path), "read_bytes", denied)
+    def denied(self, *args, **kwargs):
+        if self == path:
+            raise PermissionError(13, "Permission denied")
+        return real_open(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(path), "open", denied)
     check = check_image(path, CFG)
     assert not check.ok and check.kind == "unreadable file" and "Permission denied" in check.reason

@@ -6,10 +6,15 @@ Layout of a features folder (one per backbone):
     meta.json                                     backbone, weights, preprocessing, classes, timing
 
 Memory does not grow with the dataset: rows go straight to the memory-mapped files.
+Their disk blocks are reserved up front (after checking the free space), because a write
+into a memory-mapped file on a full disk kills the process with SIGBUS instead of raising.
 """
 from __future__ import annotations
 
 import contextlib
+import errno
+import os
+import shutil
 from pathlib import Path
 from typing import Iterator
 
@@ -19,6 +24,40 @@ from plankton_transfer.errors import UserError
 from plankton_transfer.files import read_json
 
 SPLITS = ("train", "val", "test")  # the order rows are stored in
+NPY_HEADER_BYTES = 128  # numpy's header for a 2-d float16 array (version 1.0 format)
+
+
+def store_bytes(sizes: dict[str, int], dim: int) -> int:
+    """Disk space of a feature store: float16 rows plus int64 labels, headers included."""
+    rows = sum(sizes.values())
+    return rows * (dim * 2 + 8) + 2 * NPY_HEADER_BYTES * len(SPLITS)
+
+
+def megabytes(n: int) -> str:
+    return f"{n / 1e6:,.1f} MB"
+
+
+def require_free_space(folder: Path, needed: int) -> None:
+    """One line before any row is computed, rather than SIGBUS or ENOSPC halfway through."""
+    free = shutil.disk_usage(folder).free
+    if needed > free:
+        raise UserError(f"not enough free disk space for the features in {folder}: they need {megabytes(needed)}, "
+                        f"{megabytes(free)} is free; free some space there and run again")
+
+
+def reserve_blocks(path: Path) -> None:
+    """Allocate the disk blocks of a freshly created (sparse) memory-mapped file now."""
+    if not hasattr(os, "posix_fallocate"):  # macOS, Windows: the free-space check has to do
+        return
+    with path.open("r+b") as f:
+        try:
+            os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
+        except OSError as err:
+            if err.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise UserError(f"not enough free disk space for {path} ({err.strerror}); free some space there "
+                                "and run again") from None
+            if err.errno not in (errno.EINVAL, errno.EOPNOTSUPP):  # a file system without fallocate
+                raise
 
 
 class FeatureWriter:
@@ -27,10 +66,12 @@ class FeatureWriter:
     def __init__(self, folder: Path, sizes: dict[str, int], dim: int) -> None:
         self.names = [s for s in SPLITS if sizes.get(s)]
         self.starts = np.cumsum([0] + [sizes[s] for s in self.names])
-        self.arrays = {
-            s: np.lib.format.open_memmap(folder / f"{s}.npy", mode="w+", dtype=np.float16, shape=(sizes[s], dim))
-            for s in self.names
-        }
+        require_free_space(folder, store_bytes(sizes, dim))
+        self.arrays = {}
+        for s in self.names:
+            path = folder / f"{s}.npy"
+            self.arrays[s] = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=(sizes[s], dim))
+            reserve_blocks(path)
 
     def write(self, offset: int, rows: np.ndarray) -> None:
         """Write ``rows`` at global row ``offset`` (may straddle two splits)."""

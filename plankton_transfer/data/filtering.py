@@ -12,9 +12,10 @@ from pathlib import Path
 import pandas as pd
 
 from plankton_transfer.data.images import ImageCheck
-from plankton_transfer.data.scan import Candidate, Scan, scan_dataset
+from plankton_transfer.data.scan import Candidate, Scan, display_path, scan_dataset
 from plankton_transfer.data.selection import remove_duplicates, select_classes
 from plankton_transfer.data.validation import validate_files
+from plankton_transfer.errors import UserError
 from plankton_transfer.params import FilterParams, ImageParams
 
 # format and converted tell the extract stage which files GPU JPEG decoding can take as they are
@@ -51,7 +52,8 @@ def build_manifest(kept: list[tuple[Candidate, ImageCheck]]) -> pd.DataFrame:
 
 
 def build_report(raw, scan: Scan, checks, duplicates, conflicts, manifest, dropped_classes, over_cap) -> dict:
-    rejected = [{"path": p, "reason": chk.reason} for p, chk in sorted(checks.items()) if not chk.ok]
+    rejected = [{"path": p, "reason": chk.reason, "kind": chk.kind} for p, chk in checks.items() if not chk.ok]
+    rejected = sorted(rejected + scan.rejected, key=lambda r: r["path"])  # + names that are not UTF-8
     converted = [{"path": p, "conversions": list(chk.conversions)} for p, chk in sorted(checks.items()) if chk.conversions]
     summary = {
         "kept": len(manifest),
@@ -64,7 +66,7 @@ def build_report(raw, scan: Scan, checks, duplicates, conflicts, manifest, dropp
     }
     assert sum(summary.values()) == scan.files_seen, f"file accounting broken: {summary} != {scan.files_seen} files"
     return {
-        "source": str(raw),
+        "source": display_path(raw),
         "layout": scan.layout,
         "files_seen": scan.files_seen,
         "summary": summary,
@@ -73,7 +75,8 @@ def build_report(raw, scan: Scan, checks, duplicates, conflicts, manifest, dropp
             "dropped": dropped_classes,
             "over_cap": over_cap,
         },
-        "rejected": {"count_by_reason": count_by(checks[r["path"]].kind for r in rejected), "files": rejected},
+        "rejected": {"count_by_reason": count_by(r["kind"] for r in rejected),
+                     "files": [{"path": r["path"], "reason": r["reason"]} for r in rejected]},
         "converted": {
             "count_by_conversion": count_by(conv.split(" ")[0] for c in converted for conv in c["conversions"]),
             "files": converted,
@@ -106,6 +109,44 @@ def filter_metrics(result: FilterResult) -> dict:
         "label_conflicts": summary["label_conflicts"],
         "ignored": summary["ignored"],
     }
+
+
+def require_two_classes(result: FilterResult, cfg: FilterParams, report_path: Path) -> None:
+    """Stop, naming what was kept, the threshold and a fix that can help, when fewer than two
+    classes are left: a one-class 'classifier' would run every later stage only to fail in
+    evaluation."""
+    r = result.report
+    kept = r["classes"]["kept"]
+    if len(kept) >= 2:
+        return
+    threshold = f"filter.min_images_per_class={cfg.min_images_per_class}"
+    if kept:
+        (name, count), = kept.items()
+        what = f"only one class kept in {r['source']}, '{name}' ({count} images, {threshold}); a classifier needs two or more"
+    else:
+        what = f"no class kept in {r['source']} ({r['files_seen']} files seen, {threshold})"
+    raise UserError(f"{what}: {' or '.join(fixes_for_few_classes(r))}; details in {report_path}")
+
+
+def fixes_for_few_classes(r: dict) -> list[str]:
+    """Only the fixes that can change the outcome: lowering the threshold helps only when a
+    class was dropped for being under it (not for an empty folder or label conflicts)."""
+    dropped, summary = r["classes"]["dropped"], r["summary"]
+    small = {name: d["images"] for name, d in dropped.items() if "filter.min_images_per_class" in d["reason"]}
+    fixes = []
+    if small:
+        largest = max(small, key=lambda name: (small[name], name))
+        fixes.append(f"lower filter.min_images_per_class (the largest dropped class, '{largest}', has "
+                     f"{small[largest]} usable images)")
+    if any(d["reason"] in ("not in filter.include", "in filter.exclude") for d in dropped.values()):
+        fixes.append("name more classes in filter.include or fewer in filter.exclude")
+    if summary["label_conflicts"]:
+        fixes.append(f"file each of the {summary['label_conflicts']} images in label conflicts in one class only")
+    if summary["rejected"]:
+        fixes.append(f"fix or replace the {summary['rejected']} rejected files")
+    if not fixes:
+        fixes.append("add a sub-folder of images for each class (or train/ val/ test/ folders of them) to data.raw")
+    return fixes
 
 
 def summary_lines(result: FilterResult, report_path: Path) -> list[str]:

@@ -5,7 +5,11 @@ the extract stage (to feed the backbone), so what was validated is what is used.
 
 Rules, each applied on purpose (see README, "Real-world image folders"):
 - the header is read first: images over ``image.max_pixels`` (decompression bombs) or with
-  a side under ``image.min_side`` are rejected before any pixel is decoded;
+  a side under ``image.min_side`` are rejected before any pixel is decoded, and a file that is
+  not an image at all is rejected after reading its first bytes only (a 3 GB file named
+  ``.jpg`` is never read into memory); the content hash is computed in a streaming way;
+- Pillow's own bomb limit (``Image.MAX_IMAGE_PIXELS``) follows ``image.max_pixels``, so
+  raising the param above Pillow's default really accepts larger images;
 - the whole image is decoded, so a truncated JPEG (which passes ``verify()``) is rejected;
   ``ImageFile.LOAD_TRUNCATED_IMAGES`` is never set;
 - multi-frame GIF/TIFF: the first frame is used, and the file is reported as converted;
@@ -21,9 +25,9 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
 import warnings
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
@@ -65,18 +69,28 @@ def is_image_name(name: str) -> bool:
 
 
 def check_image(path: str | Path, cfg: ImageParams) -> ImageCheck:
-    """Read ``path`` once: hash its bytes and decode them fully with :func:`decode_rgb`."""
+    """Check the header, decode the whole image with :func:`decode_rgb`, then hash the file.
+
+    Memory stays bounded by the decoded image (at most ``image.max_pixels``), whatever the
+    size of the file: nothing is read in one piece.
+    """
     try:
-        data = Path(path).read_bytes()
+        with Path(path).open("rb") as f:
+            try:
+                img, conversions, fmt = decode_rgb(f, cfg)
+            except BadImage as err:  # not hashed: only usable images are compared by content
+                return ImageCheck(sha256="", ok=False, reason=str(err), kind=err.kind)
+            digest = file_sha256(f)
     except OSError as err:  # permissions, a file vanishing, an I/O error on a failing disk
         return ImageCheck(sha256="", ok=False, reason=f"unreadable file: {err.strerror or err}", kind="unreadable file")
-    digest = hashlib.sha256(data).hexdigest()
-    try:
-        img, conversions, fmt = decode_rgb(data, cfg)
-    except BadImage as err:
-        return ImageCheck(sha256=digest, ok=False, reason=str(err), kind=err.kind)
     return ImageCheck(sha256=digest, ok=True, conversions=tuple(conversions), width=img.width, height=img.height,
                       format=fmt)
+
+
+def file_sha256(f: BinaryIO) -> str:
+    """sha256 of a whole open file, read in chunks from its start."""
+    f.seek(0)
+    return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def load_rgb(path: str | Path, cfg: ImageParams, draft_size: int | None = None) -> Image.Image:
@@ -85,14 +99,15 @@ def load_rgb(path: str | Path, cfg: ImageParams, draft_size: int | None = None) 
     ``draft_size`` lets JPEG decoding shrink by a power of two while staying at least that
     many pixels on the short side, which makes huge scans cheap to feed to a 224-px model.
     """
-    img, _, _ = decode_rgb(Path(path).read_bytes(), cfg, draft_size)
+    with Path(path).open("rb") as f:
+        img, _, _ = decode_rgb(f, cfg, draft_size)
     return img
 
 
-def decode_rgb(data: bytes, cfg: ImageParams, draft_size: int | None = None) -> tuple[Image.Image, list[str], str]:
-    """Decode image bytes to RGB; returns the image, the conversions applied and the format."""
+def decode_rgb(f: BinaryIO, cfg: ImageParams, draft_size: int | None = None) -> tuple[Image.Image, list[str], str]:
+    """Decode an open image file to RGB; returns the image, the conversions applied and the format."""
     assert not ImageFile.LOAD_TRUNCATED_IMAGES, "truncated images must be rejected, not padded"
-    img = open_checked_header(data, cfg)
+    img = open_checked_header(f, cfg)
     fmt, conversions = img.format or "", []
     frames = getattr(img, "n_frames", 1)
     if frames > 1:
@@ -108,14 +123,18 @@ def decode_rgb(data: bytes, cfg: ImageParams, draft_size: int | None = None) -> 
     return to_rgb(img, cfg.background, conversions), conversions, fmt
 
 
-def open_checked_header(data: bytes, cfg: ImageParams) -> Image.Image:
+def open_checked_header(f: BinaryIO, cfg: ImageParams) -> Image.Image:
     """Open lazily (header only) and refuse absurd sizes before decoding any pixel."""
-    if not data:
+    # Pillow refuses images over 2 x MAX_IMAGE_PIXELS by itself; image.max_pixels is the limit here
+    Image.MAX_IMAGE_PIXELS = max(cfg.max_pixels, Image.MAX_IMAGE_PIXELS or 0)
+    f.seek(0)
+    if not f.read(1):
         raise BadImage("empty file", "0 bytes")
+    f.seek(0)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
+            img = Image.open(f)
     except Image.DecompressionBombError as err:
         raise BadImage("too large", f"{err}; raise image.max_pixels to accept it") from None
     except UnidentifiedImageError:

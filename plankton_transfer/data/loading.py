@@ -5,6 +5,8 @@ Used by stages/extract.py and the benchmark (bench/study_vs_pipeline.py).
 """
 from __future__ import annotations
 
+import hashlib
+import io
 import os
 from pathlib import Path
 
@@ -13,20 +15,26 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from torchvision.io import ImageReadMode, decode_jpeg
 
-from plankton_transfer.data.images import BadImage, ImageParams, load_rgb
+from plankton_transfer.data.images import BadImage, ImageParams, decode_rgb, load_rgb
 from plankton_transfer.data.preprocess import TensorPreprocess
 
 
 class ImageFiles(Dataset):
     """Images listed in a manifest, as preprocessed uint8 tensors, or as the file's raw bytes
     where ``raw[i]`` (a plain JPEG left for the device to decode). A file that fails to load
-    is reported, not raised inside a worker (where the message would drown in a traceback)."""
+    is reported, not raised inside a worker (where the message would drown in a traceback).
+
+    With ``sha256`` (the manifest's column), each file's bytes are checked against it as they
+    are read: a file replaced after the filter stage (a test image overwritten with a train
+    image would leak silently) is reported instead of used. It costs one hash of bytes that
+    are read anyway."""
 
     def __init__(self, root: Path, paths: list[str], transform, image_cfg: ImageParams, draft: int,
-                 raw: list[bool] | None = None) -> None:
+                 raw: list[bool] | None = None, sha256: list[str] | None = None) -> None:
         self.root, self.paths, self.transform = root, paths, transform
         self.image_cfg, self.draft = image_cfg, draft
         self.raw = raw or [False] * len(paths)
+        self.sha256 = sha256
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -34,11 +42,28 @@ class ImageFiles(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, str, bool]:
         path = self.root / self.paths[i]
         try:
+            if self.sha256 is None and not self.raw[i]:
+                return self.transform(load_rgb(path, self.image_cfg, self.draft)), "", False
+            data = read_checked(path, self.sha256[i] if self.sha256 is not None else None)
             if self.raw[i]:
-                return torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8), "", True
-            return self.transform(load_rgb(path, self.image_cfg, self.draft)), "", False
+                return torch.frombuffer(bytearray(data), dtype=torch.uint8), "", True
+            img, _, _ = decode_rgb(io.BytesIO(data), self.image_cfg, self.draft)
+            return self.transform(img), "", False
         except (BadImage, OSError) as err:
             return torch.zeros(0, dtype=torch.uint8), f"{self.paths[i]}: {err}", False
+
+
+def read_checked(path: Path, sha256: str | None) -> bytes:
+    """The file's bytes, checked against ``sha256`` when given: hashed as a stream first, so a
+    huge file put in an image's place is never read into memory."""
+    with path.open("rb") as f:
+        if sha256 is not None:
+            digest = hashlib.file_digest(f, "sha256").hexdigest()
+            if digest != sha256:
+                raise BadImage("content differs from the manifest", f"sha256 {digest[:12]}..., "
+                               f"filtered as {sha256[:12]}...")
+            f.seek(0)
+        return f.read()
 
 
 def collate(batch: list[tuple[torch.Tensor, str, bool]]) -> tuple[torch.Tensor | list | None, list[str], list[bool]]:

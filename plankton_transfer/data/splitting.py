@@ -18,12 +18,13 @@ from plankton_transfer.errors import UserError
 from plankton_transfer.params import SplitParams
 
 SPLITS = ("train", "val", "test")
+TEXT_COLUMNS = {"path": str, "class": str, "split": str, "sha256": str}  # a class folder '007' stays '007'
 
 
 def read_manifest(path: Path) -> pd.DataFrame:
     if not path.is_file():
         raise UserError(f"{path} not found; run the filter stage first (dvc repro)")
-    return pd.read_csv(path, dtype={"split": str}, keep_default_na=False)
+    return pd.read_csv(path, dtype=TEXT_COLUMNS, keep_default_na=False)
 
 
 def class_rng(seed: int, name: str) -> np.random.Generator:
@@ -80,5 +81,5 @@ def read_splits(split_dir: Path) -> dict[str, pd.DataFrame]:
         path = split_dir / f"{s}.csv"
         if not path.is_file():
             raise UserError(f"{path} not found; run the split stage first (dvc repro)")
-        parts[s] = pd.read_csv(path, keep_default_na=False)
+        parts[s] = pd.read_csv(path, dtype=TEXT_COLUMNS, keep_default_na=False)
     return parts

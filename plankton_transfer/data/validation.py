@@ -4,21 +4,25 @@ A verdict (content hash, usable or rejected with a reason, conversions, size) de
 on the file's bytes and the ``image`` params. It is cached by (path, size, mtime, inode) plus
 a fingerprint of those params and of this code's rules, the same signals DVC trusts for its
 own hash cache, so an unchanged million-file folder is not re-read on the next run.
+The cache only saves time: a cache that cannot be written (disk full, read-only folder) is
+reported as a warning and never costs the verdicts just computed.
 """
 from __future__ import annotations
 
 import concurrent.futures
 import functools
 import os
+import sys
 from pathlib import Path
 
 import pandas as pd
 from tqdm import tqdm
 
+from plankton_transfer.errors import UserError
 from plankton_transfer.files import atomic_path
 from plankton_transfer.data.images import ImageCheck, ImageParams, check_image
 
-RULES_VERSION = "2"  # bump when stages/images.py changes a verdict, to invalidate caches
+RULES_VERSION = "3"  # bump when data/images.py changes a verdict, to invalidate caches
 CACHE_COLUMNS = ["path", "size", "mtime_ns", "inode", "fingerprint", "sha256", "ok", "reason", "kind",
                  "conversions", "width", "height", "format"]
 
@@ -39,7 +43,10 @@ def validate_files(
 
 
 def file_signature(path: Path) -> tuple[int, int, int]:
-    st = os.stat(path)
+    try:
+        st = os.stat(path)
+    except OSError:  # vanished since the scan: never matches the cache, and check_image reports it
+        return -1, -1, -1
     return st.st_size, st.st_mtime_ns, st.st_ino
 
 
@@ -80,6 +87,11 @@ def write_cache(cache_file: Path, fingerprint: str, entries: dict[str, tuple[tup
          c.format)
         for p, (sig, c) in entries.items()
     ]
-    with atomic_path(cache_file) as tmp:
-        pd.DataFrame(rows, columns=CACHE_COLUMNS).to_csv(tmp, index=False)
+    try:
+        with atomic_path(cache_file) as tmp:
+            pd.DataFrame(rows, columns=CACHE_COLUMNS).to_csv(tmp, index=False)
+    except (OSError, UnicodeError, UserError) as err:  # disk full, read-only, a folder in the way
+        why = getattr(err, "strerror", None) or str(err)
+        print(f"warning: validation cache {cache_file} not written ({why}); the next run checks every file again",
+              file=sys.stderr)
 

@@ -22,6 +22,7 @@ import hashlib
 import importlib.util
 import pickle
 import re
+import struct
 import zipfile
 import socket
 import sys
@@ -231,7 +232,9 @@ def load_state_dict_file(path: str | Path) -> dict:
                             "run code); use a file saved as plain tensors") from None
         raise UserError(f"{path} is not a PyTorch weight or model file (damaged, truncated or another format); "
                         "fetch or train it again") from None
-    except (RuntimeError, EOFError, OSError, ValueError, KeyError, zipfile.BadZipFile):
+    # what torch's readers raise on arbitrary bytes (measured on text, truncated and random files)
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError, TypeError, struct.error,
+            zipfile.BadZipFile):
         raise UserError(f"{path} is not a readable PyTorch file (truncated, damaged or another format); "
                         "fetch or train it again") from None
     if not isinstance(state, dict):
