@@ -7,8 +7,9 @@ Outputs: ``--manifest`` CSV (path, class, label, split, sha256, width, height, f
          ``--metrics`` JSON: counts for ``dvc metrics``.
 Cache:   ``--cache-file`` remembers each file's hash and verdict by (path, size, mtime, inode),
          so a re-run over an unchanged million-file folder does not re-read every file.
-Params:  ``data``, ``filter``, ``image``; ``models`` is checked here too, so a bad backbone
-         list stops the pipeline before any work (library: plankton_transfer/data/filtering.py).
+Params:  ``data``, ``filter``, ``image``; ``models`` is checked here against the backbone
+         registry (which imports no torch), so a bad backbone list stops the pipeline before
+         any work (library: plankton_transfer/data/filtering.py).
 """
 from __future__ import annotations
 
@@ -18,7 +19,9 @@ from pathlib import Path
 from plankton_transfer.data.filtering import filter_dataset, filter_metrics, require_two_classes, summary_lines
 from plankton_transfer.errors import UserError, run_cli
 from plankton_transfer.files import write_csv, write_json
-from plankton_transfer.params import DataParams, FilterParams, ImageParams, params_argument, read_params, section
+from plankton_transfer.models.backbones import check_registered
+from plankton_transfer.params import (DataParams, FilterParams, ImageParams, check_model_names, params_argument,
+                                      read_params, section)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -35,6 +38,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None):
     args = parse_args(argv)
     params = read_params(args.params)
+    if "models" in params:
+        check_registered(check_model_names(params["models"]))
     cfg, image_cfg = section(FilterParams, params, "filter"), section(ImageParams, params, "image")
     raw = args.raw or Path(section(DataParams, params, "data").raw)
     result = filter_dataset(raw, cfg, image_cfg, args.cache_file)

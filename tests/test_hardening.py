@@ -202,6 +202,17 @@ def test_9_3_odd_data_raw_works_through_dvc_and_a_model_name_cannot_run_a_comman
     assert not list(repo.rglob("PWNED*")) and not list(Path.cwd().glob("PWNED*"))
 
 
+def test_9_3_an_unregistered_backbone_stops_the_first_stage_before_any_work(tmp_path):
+    raw = make_dataset(tmp_path / "raw", {"a": 3, "b": 3})
+    params = write_params(tmp_path / "params.yaml", models=["alexnet", "resnet9000"], data={"raw": str(raw)},
+                          filter={"min_images_per_class": 2, "workers": 1})
+    with pytest.raises(UserError, match="unknown backbone.*'resnet9000'.*choose from alexnet"):
+        filter_stage.main(["--manifest", str(tmp_path / "m.csv"), "--report", str(tmp_path / "r.json"),
+                           "--metrics", str(tmp_path / "f.json"), "--cache-file", str(tmp_path / "c.csv"),
+                           "--params", str(params)])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml", "raw"]
+
+
 # 9.4: non-UTF-8 file and folder names -----------------------------------------------
 
 

@@ -1,4 +1,5 @@
-"""Image preprocessing as a backbone expects it (:class:`Preprocess`, carried by each registry entry).
+"""Image preprocessing as a backbone expects it (:class:`~plankton_transfer.data.input_spec.Preprocess`,
+carried by each registry entry).
 
 Two modes (``extract.preprocess``):
 - ``crop``: the study's Resize(256) + CenterCrop(224) (sizes from the backbone);
@@ -11,7 +12,6 @@ float32 to move to the device. :class:`Normalize` scales and normalises on the d
 """
 from __future__ import annotations
 
-import dataclasses
 from typing import Callable
 
 import numpy as np
@@ -20,29 +20,12 @@ from PIL import Image, ImageOps
 from torch import nn
 from torchvision.transforms import v2
 
+from plankton_transfer.data.input_spec import Preprocess
 from plankton_transfer.params import PREPROCESS_MODES as MODES
 from plankton_transfer.params import check_choice
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 PIL_INTERPOLATION = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
 TV_INTERPOLATION = {"bilinear": v2.InterpolationMode.BILINEAR, "bicubic": v2.InterpolationMode.BICUBIC}
-
-
-@dataclasses.dataclass(frozen=True)
-class Preprocess:
-    """How a backbone expects its input (as timm's pretrained_cfg / torchvision's weights.transforms())."""
-
-    input_size: int = 224
-    resize_size: int = 256  # crop mode: shorter side resized to this, then centre-cropped to input_size
-    interpolation: str = "bilinear"
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
-
-    @classmethod
-    def from_record(cls, record: dict) -> Preprocess:
-        """Rebuild from the dict a model file stores (lists back to tuples, ``mode`` left out)."""
-        return cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in record.items() if k != "mode"})
 
 
 def make_transform(pre: Preprocess, mode: str) -> Callable[[Image.Image], torch.Tensor]:

@@ -11,15 +11,15 @@ features.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-import torch
-from torch import nn
-
-from plankton_transfer.data.preprocess import Preprocess
+from plankton_transfer.data.input_spec import Preprocess
 from plankton_transfer.errors import UserError
 from plankton_transfer.models.weights import ResolvedWeights, WeightSpec, load_state_dict_file, resolve_weights
 from plankton_transfer.params import PretrainedParams
+
+if TYPE_CHECKING:  # torch is imported where a model is built, so reading the registry stays cheap
+    from torch import nn
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +42,15 @@ def register(backbone: Backbone) -> Backbone:
     return backbone
 
 
+def check_registered(names: list[str]) -> list[str]:
+    """Every name in params.yaml ``models`` is a registered backbone, or a one-line error."""
+    unknown = [n for n in names if n not in REGISTRY]
+    if unknown:
+        raise UserError(f"params.yaml models: unknown backbone(s) {', '.join(map(repr, unknown))}; choose from "
+                        f"{', '.join(sorted(REGISTRY))} (or register one in plankton_transfer/models/backbones.py)")
+    return names
+
+
 def get_backbone(name: str) -> Backbone:
     if name not in REGISTRY:
         raise UserError(f"unknown backbone {name!r} in params.yaml models; choose from {', '.join(sorted(REGISTRY))}")
@@ -50,6 +59,8 @@ def get_backbone(name: str) -> Backbone:
 
 def replace_last_classifier_layer(model: nn.Module) -> nn.Module:
     """torchvision AlexNet/VGG: drop ``classifier[6]`` (4096 -> 1000), keep fc7 + ReLU."""
+    from torch import nn
+
     model.classifier[-1] = nn.Identity()
     return model
 
@@ -137,6 +148,8 @@ def build_feature_extractor(
 
     Random initialisation (``weights.pretrained`` false) is seeded, so it is reproducible.
     """
+    import torch
+
     backbone = get_backbone(name)
     torch.manual_seed(seed)
     model = backbone.build()
