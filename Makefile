@@ -22,9 +22,11 @@ demo: $(STAMP)
 	dvc repro
 	@cat metrics/compare/compare.md
 
-## test: the test suite (unit tests and an end-to-end dvc repro in a temporary repo)
+## test: the test suite (unit tests and an end-to-end dvc repro in temporary repos), on every core,
+## each test module on one worker (its module-scoped repos are built once)
+TEST_WORKERS ?= auto
 test: $(STAMP)
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadscope tests
 
 ## bench: the study's training loop against this pipeline, side by side (not part of the tests)
 BENCH_ARGS ?= --classes 17 --per-class 100 --epochs 10 --model alexnet
