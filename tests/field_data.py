@@ -92,8 +92,8 @@ def write_bin(folder: Path, lid: str, rois: list[np.ndarray | None], schema: int
         if pixels is not None:
             data += pixels.tobytes()
             expected[f"{lid}_{number:05d}"] = pixels
-        width_col, height_col, start_col = (11, 12, 13) if schema == 1 else (15, 16, 17)
-        cells = [f"{number * 0.5:.3f}"] * (15 if schema == 1 else 24)
+        width_col, height_col, start_col = (11, 12, 13) if schema == 1 else v2_columns(v2_format or V2_FORMAT)
+        cells = [f"{number * 0.5:.3f}"] * (15 if schema == 1 else len((v2_format or V2_FORMAT).split(",")))
         cells[0] = str(number)
         cells[width_col], cells[height_col], cells[start_col] = str(width), str(height), str(start)
         lines.append(",".join(cells) + ("," if schema == 1 else ""))
@@ -111,6 +111,12 @@ def write_bin(folder: Path, lid: str, rois: list[np.ndarray | None], schema: int
 V2_FORMAT = ("trigger#, ADC_time, PMTA, PMTB, PMTC, PMTD, peakA, peakB, peakC, peakD, time of flight, grabtimestart, "
              "grabtimeend, ROIx, ROIy, ROIwidth, ROIheight,start_byte, comparator_out, STartPoint, SignalLength, "
              "status, runTime, inhibitTime")
+
+
+def v2_columns(adc_format: str) -> tuple[int, int, int]:
+    """Where an ADCFileFormat line puts ROI width, height and start byte."""
+    names = ["".join(ch for ch in n.lower() if ch.isalnum()) for n in adc_format.split(",")]
+    return tuple(names.index(key) for key in ("roiwidth", "roiheight", "startbyte"))
 
 
 def tiny_model_file(path: Path, classes: tuple[str, ...] = ("a", "b", "c"), seed: int = 0,
