@@ -19,8 +19,8 @@ from pathlib import Path
 from plankton_transfer.data.filtering import filter_dataset, filter_metrics, summary_lines
 from plankton_transfer.errors import UserError, run_cli
 from plankton_transfer.files import write_csv, write_json
-from plankton_transfer.params import (DataParams, EcotaxaParams, FilterParams, ImageParams, params_argument, read_params,
-                                      section)
+from plankton_transfer.params import (DataParams, EcotaxaParams, FilterParams, ImageParams, params_argument,
+                                      read_params, section)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -136,8 +136,8 @@ def tiny_model_file(path: Path, classes: tuple[str, ...] = ("a", "b", "c"), seed
         "head": {"weight": torch.randn(len(classes), 4096, generator=generator) * 0.05,
                  "bias": torch.zeros(len(classes))},
         "training": {"lr": 0.001, "epochs": 1, "best_epoch": 1, "seed": seed},
-        "thresholds": thresholds or {"target_precision": 0.95, "split": "val",
-                                     "per_class": {c: 0.5 for c in classes}, "val_predictions": {c: 1 for c in classes}},
+        "thresholds": thresholds or {"target_precision": 0.95, "split": "val", "per_class": {c: 0.5 for c in classes},
+                                     "val_predictions": {c: 1 for c in classes}},
     }
     save_model_file(record, path)
     return path

@@ -91,7 +91,8 @@ def test_an_output_that_is_a_folder_or_inside_the_input_is_refused_and_nothing_i
         with pytest.raises(UserError, match=message) as err:
             predict.main(["--model", str(model), "--input", str(images), "--out", str(out), *CPU])
         assert "\n" not in str(err.value)
-    assert (results / "keep.txt").read_text() == "field notes" and sorted(p.name for p in results.iterdir()) == ["keep.txt"]
+    assert (results / "keep.txt").read_text() == "field notes"
+    assert sorted(p.name for p in results.iterdir()) == ["keep.txt"]
     assert sorted(p.name for p in images.rglob("*")) == ["a", "a_000.jpg", "a_001.jpg"]
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import pandas as pd
 
 from plankton_transfer.data.predictions import check_output, output_paths, read_taxon_names, write_ecotaxa_results
-from plankton_transfer.data.sources import KINDS, list_inputs
+from plankton_transfer.data.sources import KINDS, list_inputs, readable
 from plankton_transfer.errors import UserError, run_cli
 from plankton_transfer.files import write_csv
 from plankton_transfer.models.heads import load_model_file
@@ -39,7 +39,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--model", "--model-file", dest="model", required=True, help="backbone name or model file")
     p.add_argument("--input", "--images", dest="input", type=Path, required=True)
     p.add_argument("--input-type", choices=["auto", *KINDS], default="auto")
-    p.add_argument("--out", type=Path, default=Path("predictions.csv"), help="the CSV (the EcoTaxa table goes beside it)")
+    p.add_argument("--out", type=Path, default=Path("predictions.csv"),
+                   help="the CSV (the EcoTaxa table goes beside it)")
     p.add_argument("--top-k", type=int, default=3, help="classes listed per image")
     p.add_argument("--taxon-names", type=Path, help="CSV with columns class,ecotaxa: EcoTaxa names for the classes")
     p.add_argument("--device", help="auto | cpu | cuda (default: extract.device)")
@@ -79,11 +80,12 @@ def summary_lines(name: str, inputs, table: pd.DataFrame, seconds: float, device
     done = len(table) - failed
     ignored = sum(inputs.ignored.values())
     details = ", ".join(f"{reason} {n}" for reason, n in sorted(inputs.ignored.items()) if n)
-    lines = [f"predict {name} on {KINDS[inputs.kind]} {inputs.root}: {done} images classified, {failed} failed"
-             f"{' (reasons in the error column)' if failed else ''}, {ignored} ignored{f' ({details})' if details else ''}",
+    lines = [f"predict {name} on {KINDS[inputs.kind]} {readable(str(inputs.root))}: {done} images classified, "
+             f"{failed} failed{' (reasons in the error column)' if failed else ''}, "
+             f"{ignored} ignored{f' ({details})' if details else ''}",
              f"  {int(table['needs_review'][table['error'] == ''].sum())} of {done} need review (under their class's "
              f"threshold); {done / seconds if seconds > 0 else 0:.1f} images/s on {device}",
-             f"  -> {', '.join(files)}"]
+             f"  -> {readable(', '.join(files))}"]
     return lines
 
 

@@ -91,7 +91,8 @@ def adc_columns(b: Bin) -> tuple[int, int, int]:
     """0-based ``.adc`` columns of ROI width, height and start byte for this bin."""
     if b.schema == 1:
         return V1_COLUMNS
-    names = [re.sub(r"[^a-z0-9]", "", n.lower()) for n in read_header(b.file("hdr")).get("ADCFileFormat", "").split(",")]
+    header = read_header(b.file("hdr")).get("ADCFileFormat", "")
+    names = [re.sub(r"[^a-z0-9]", "", n.lower()) for n in header.split(",")]
     if all(name in names for name in V2_NAMES):
         return tuple(names.index(name) for name in V2_NAMES)  # type: ignore[return-value]
     return V2_COLUMNS

@@ -59,7 +59,8 @@ def is_utf8(text: str) -> bool:
 
 
 def detect_kind(path: Path) -> str:
-    """``ecotaxa`` if ``path`` holds ``ecotaxa_*.tsv`` tables, ``ifcb`` if it holds IFCB ``.adc`` files, else ``folder``."""
+    """``ecotaxa`` if ``path`` holds ``ecotaxa_*.tsv`` tables, ``ifcb`` if it holds IFCB ``.adc``
+    files, else ``folder``."""
     if not path.is_dir():
         return "folder"
     has_tables, has_bins = False, False
@@ -150,7 +151,7 @@ def list_ifcb(inputs: Inputs) -> None:
 
 def add_bin(inputs: Inputs, b: ifcb.Bin, rel_dir: str) -> None:
     """One item per ROI with an image; an error item for a bin or row that cannot be read."""
-    name = f"{b.lid}.roi" if rel_dir == "." else f"{rel_dir}/{b.lid}.roi"
+    name = readable(f"{b.lid}.roi" if rel_dir == "." else f"{rel_dir}/{b.lid}.roi")
     missing = ifcb.missing_files(b)
     if missing:
         inputs.items.append(Item(id=b.lid, file=name, sample=b.lid,

@@ -39,7 +39,8 @@ def per_class_section(per_class: pd.DataFrame | None) -> str:
     """The evaluate stage's per-class precision, recall and F1 on the test split."""
     if per_class is None or per_class.empty:
         return ""
-    lines = ["", "Per class, on the test split:", "", "| class | precision | recall | F1 | images |", "|---|---|---|---|---|"]
+    lines = ["", "Per class, on the test split:", "", "| class | precision | recall | F1 | images |",
+             "|---|---|---|---|---|"]
     lines += [f"| {r['class']} | {r['precision']:.2f} | {r['recall']:.2f} | {r['f1']:.2f} | {int(r['support'])} |"
               for _, r in per_class.iterrows()]
     return "\n".join(lines)

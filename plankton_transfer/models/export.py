@@ -66,7 +66,8 @@ def shipped_model(record: dict, pretrained_cfg: PretrainedParams) -> ShippedClas
 
 
 @torch.inference_mode()
-def reference_probabilities(model: ShippedClassifier, record: dict, images: torch.Tensor, chunk: int = 16) -> np.ndarray:
+def reference_probabilities(model: ShippedClassifier, record: dict, images: torch.Tensor,
+                            chunk: int = 16) -> np.ndarray:
     """The pipeline's path: float32 backbone features, then the model file's head function."""
     features = np.concatenate([model.features(images[i:i + chunk]).numpy() for i in range(0, len(images), chunk)])
     return head_probabilities(record, features)

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from plankton_transfer.data.images import BadImage
 from plankton_transfer.data.loading import default_workers
 from plankton_transfer.data.preprocess import Normalize, Preprocess, draft_size, make_transform
-from plankton_transfer.data.sources import Item, load_item
+from plankton_transfer.data.sources import Item, load_item, readable
 from plankton_transfer.errors import UserError
 from plankton_transfer.models.backbones import build_feature_extractor, get_backbone
 from plankton_transfer.models.extraction import autocast_dtype
@@ -82,8 +82,8 @@ class ItemImages(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int, str]:
         try:
             return self.transform(load_item(self.items[i], self.image_cfg, self.draft)), i, ""
-        except (BadImage, OSError) as err:
-            return torch.zeros(0, dtype=torch.uint8), i, str(err)
+        except (BadImage, OSError) as err:  # an OSError names the file: keep the CSV writable
+            return torch.zeros(0, dtype=torch.uint8), i, readable(str(err))
 
 
 def collate(batch: list[tuple[torch.Tensor, int, str]]) -> tuple[torch.Tensor | None, list[int], list[tuple[int, str]]]:
