@@ -9,7 +9,8 @@ from PIL import Image
 from plankton_transfer.cli import predict
 from plankton_transfer.data.ecotaxa_tsv import validate_ecotaxa_tsv
 from plankton_transfer.data.images import BadImage
-from plankton_transfer.data.sources import list_inputs, roi_pixels
+from plankton_transfer.data.sources import list_inputs, load_item, roi_pixels
+from plankton_transfer.params import ImageParams
 from tests.field_data import roi_pixels as random_pixels
 from tests.field_data import tiny_model_file, write_bin
 
@@ -46,6 +47,8 @@ def test_both_generations_decode_exactly_the_pixels_written(tmp_path):
     for roi_id, pixels in expected.items():
         assert items[roi_id].sample == roi_id.rsplit("_", 1)[0]
         np.testing.assert_array_equal(roi_pixels(items[roi_id]), pixels)
+        rgb = np.asarray(load_item(items[roi_id], ImageParams()))  # what the classifier is given
+        assert rgb.shape == (*pixels.shape, 3) and all((rgb[..., c] == pixels).all() for c in range(3))
     assert inputs.ignored["IFCB rows without an image (width or height 0)"] == 5
     assert "no .roi" in items["D20240103T000000_IFCB127"].error
     with pytest.raises(BadImage, match="truncated .roi"):
