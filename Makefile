@@ -5,7 +5,7 @@ BIN := $(abspath $(VENV))/bin
 STAMP := $(VENV)/.installed-requirements
 export PATH := $(BIN):$(PATH)
 
-.PHONY: demo test bench compare report plots check-reproduction weights
+.PHONY: demo test bench compare report plots check-reproduction weights predict export
 
 # requirements.txt pins every library; the project's own package (plankton_transfer, with its
 # console commands) is then installed in editable mode, without build isolation or network.
@@ -54,3 +54,14 @@ check-reproduction: $(STAMP)
 ## weights: download every configured model's weights into data/pretrained (needs network)
 weights: $(STAMP)
 	plankton-fetch-weights
+
+## predict: classify new images with a trained model: an image folder, an EcoTaxa export or IFCB bins;
+## writes the CSV and, beside it, an EcoTaxa table with its images
+PREDICT_ARGS ?= --model efficientnet_lite0 --input data/flowcam-sample --out predictions/predictions.csv
+predict: $(STAMP)
+	plankton-predict $(PREDICT_ARGS)
+
+## export: each trained model as ONNX + TorchScript with its JSON and model card, checked against PyTorch
+EXPORT_ARGS ?= --out-dir export
+export: $(STAMP)
+	plankton-export $(EXPORT_ARGS)

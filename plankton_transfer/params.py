@@ -176,6 +176,38 @@ class TrainParams:
         check_range("train.patience", self.patience, 1)
 
 
+ECOTAXA_CATEGORY_COLUMNS = ("object_annotation_category", "object_annotation_hierarchy")
+ECOTAXA_STATUSES = ("validated", "predicted", "dubious")  # EcoTaxa's annotation statuses
+
+
+@dataclasses.dataclass(frozen=True)
+class EcotaxaParams:
+    """``ecotaxa``: how the filter stage reads ``data.raw`` when it is an unzipped EcoTaxa export."""
+
+    category: str = "object_annotation_category"
+    mapping: str | None = None
+    statuses: tuple[str, ...] = ("validated",)
+
+    def __post_init__(self) -> None:
+        check_choice("ecotaxa.category", self.category, ECOTAXA_CATEGORY_COLUMNS)
+        if not self.statuses:
+            raise UserError("params.yaml: ecotaxa.statuses is empty; list the statuses to train on, e.g. [validated]")
+        for status in self.statuses:
+            check_choice("ecotaxa.statuses", status, ECOTAXA_STATUSES)
+        if self.mapping is not None and not self.mapping.strip():
+            raise UserError("params.yaml: ecotaxa.mapping is empty; give a CSV file name or null")
+
+
+@dataclasses.dataclass(frozen=True)
+class ThresholdParams:
+    """``thresholds``: the per-class probability thresholds the train stage stores in each model file."""
+
+    target_precision: float = 0.95
+
+    def __post_init__(self) -> None:
+        check_range("thresholds.target_precision", self.target_precision, 0, 1, low_open=True)
+
+
 # params.yaml's sections and the dataclass that reads each; ``models`` is a plain list.
 SECTIONS: dict[str, type] = {
     "base": BaseParams,
@@ -186,6 +218,8 @@ SECTIONS: dict[str, type] = {
     "pretrained": PretrainedParams,
     "extract": ExtractParams,
     "train": TrainParams,
+    "ecotaxa": EcotaxaParams,
+    "thresholds": ThresholdParams,
 }
 TOP_LEVEL_LISTS = ("models",)
 

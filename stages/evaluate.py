@@ -9,7 +9,9 @@ Outputs: ``--metrics`` JSON (what ``dvc exp show`` lists; numbers and the pretra
          ``--per-class`` CSV (precision/recall/F1/support per class, test split);
          ``--misclassified`` CSV (test images: path, true, predicted, probability);
          ``--run-record`` JSON: how these numbers were made (weight source, sha256 and check,
-         preprocessing, training params, seeds, library versions and device).
+         preprocessing, training params, seeds, library versions and device);
+         ``--thresholds-table`` CSV and ``--thresholds-png``: test accuracy against the fraction
+         of images accepted automatically as a global threshold rises (evaluation/thresholds.py).
 Params:  none (everything comes from the model file; library: plankton_transfer/evaluation/).
 """
 from __future__ import annotations
@@ -24,6 +26,7 @@ from plankton_transfer.evaluation.metrics import confusion, per_class_table
 from plankton_transfer.evaluation.plots import plot_confusion
 from plankton_transfer.evaluation.scoring import (confusion_rows, misclassified, model_summary, run_record,
                                                   split_probabilities)
+from plankton_transfer.evaluation.thresholds import write_threshold_report
 from plankton_transfer.files import write_csv, write_json
 from plankton_transfer.models.heads import load_model_file
 
@@ -39,6 +42,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--per-class", type=Path, required=True)
     p.add_argument("--misclassified", type=Path, required=True)
     p.add_argument("--run-record", type=Path, required=True)
+    p.add_argument("--thresholds-table", type=Path, required=True, help="accuracy against images auto-accepted (CSV)")
+    p.add_argument("--thresholds-png", type=Path, required=True)
     return p.parse_args(argv)
 
 
@@ -60,6 +65,7 @@ def main(argv: list[str] | None = None) -> dict:
     write_csv(args.misclassified, misclassified(paths, y_test, proba_test, classes))
     write_json(args.metrics, {name: summary})  # keyed by model: short, unique `dvc exp show` columns
     write_json(args.run_record, run_record(record, meta))
+    write_threshold_report(record, y_test, proba_test, args.thresholds_table, args.thresholds_png)
     print(f"evaluate {name}: val accuracy {summary['val']['accuracy']:.4f}, "
           f"test accuracy {accuracy:.4f}, weights: {record['weights']['description']}")
     return summary

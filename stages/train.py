@@ -5,7 +5,9 @@ Outputs: ``--model-file`` (torch.save of plain tensors and strings, loadable wit
          ``weights_only=True``): the head, class names, backbone name, weight source and
          sha256, preprocessing and training record: all that prediction needs;
          ``--live-dir``: DVCLive per-epoch train/val loss and accuracy (``dvc plots``).
-Params:  ``train``, ``base.seed`` (library: plankton_transfer/models/training.py, heads.py).
+         The model file also holds per-class probability thresholds that reach
+         ``thresholds.target_precision`` on the validation set (models/thresholds.py).
+Params:  ``train``, ``base.seed``, ``thresholds`` (library: plankton_transfer/models/training.py, heads.py).
 
 Defaults are the study's: SGD, lr 0.001, momentum 0.9, batch 24, at most 100 epochs, early
 stopping on validation cross-entropy with patience 20, best-validation-loss weights kept.
@@ -21,8 +23,9 @@ from dvclive import Live
 
 from plankton_transfer.errors import run_cli
 from plankton_transfer.models.heads import FitResult, save_model_file
+from plankton_transfer.models.thresholds import validation_thresholds
 from plankton_transfer.models.training import best_head, model_record, train_heads
-from plankton_transfer.params import BaseParams, TrainParams, params_argument, read_params, section
+from plankton_transfer.params import BaseParams, ThresholdParams, TrainParams, params_argument, read_params, section
 
 
 def log_history(live_dir: Path, result: FitResult, k: int) -> None:
@@ -51,9 +54,12 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     params = read_params(args.params)
     cfg, seed = section(TrainParams, params, "train"), section(BaseParams, params, "base").seed
+    target_precision = section(ThresholdParams, params, "thresholds").target_precision
     result, meta, seconds = train_heads(args.features, cfg, seed)
     k = best_head(result)
     record = model_record(result, k, meta, cfg, seed, seconds)
+    # last, from the finished record, so the thresholds see the probabilities prediction will use
+    record["thresholds"] = validation_thresholds(record, args.features, target_precision)
     log_history(args.live_dir, result, k)
     save_model_file(record, args.model_file)
     t = record["training"]

@@ -339,7 +339,8 @@ def test_9_7_a_bad_model_file_is_one_line(bad_model_files, case, tmp_path, monke
     if case != "other":
         with pytest.raises(UserError, match=expected):
             load_state_dict_file(path)
-    outputs = [arg for name in ("metrics", "confusion", "confusion-png", "per-class", "misclassified", "run-record")
+    outputs = [arg for name in ("metrics", "confusion", "confusion-png", "per-class", "misclassified", "run-record",
+                                "thresholds-table", "thresholds-png")
                for arg in (f"--{name}", str(tmp_path / "out" / name))]
     code, stderr = cli(evaluate_stage.main, ["--model-file", str(path), "--features", str(tmp_path / "f"), *outputs],
                        capsys)

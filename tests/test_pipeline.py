@@ -88,6 +88,8 @@ def test_plots_show_renders_curves_and_confusion_matrices(repo):
         assert len(curve["content"]["data"]["values"]) == metrics(repo, name)["epochs"]
         (image,) = data[f"plots/evaluate/{name}_confusion_test.png"]
         assert image["type"] == "image"
+        (trade_off,) = data[f"metrics/thresholds/{name}.csv"]
+        assert trade_off["type"] == "vega" and trade_off["content"]["data"]["values"]
 
 
 def test_changing_the_learning_rate_reruns_only_train_evaluate_compare(repo):
@@ -114,7 +116,7 @@ def test_on_missing_error_stops_before_any_compute_with_a_clear_message(repo):
         failed = run(repo, "dvc", "repro", check=False, env={"TORCH_HOME": os.environ["TORCH_HOME"]})
     finally:
         params_path.write_text(original)
-        run(repo, "dvc", "checkout", "-q")  # dvc removed the failed stage's outputs before running it
+        run(repo, "dvc", "checkout", "-q")  # dvc repro removed extract@alexnet's features before it failed
     assert failed.returncode != 0
     message = [line for line in failed.stderr.splitlines() if line.startswith("error: ImageNet weights for alexnet")]
     assert message, failed.stderr[-2000:]
@@ -123,20 +125,85 @@ def test_on_missing_error_stops_before_any_compute_with_a_clear_message(repo):
 
 
 @pytest.mark.parametrize("name", ["alexnet", "efficientnet_lite0"])
-def test_model_file_classifies_new_images_as_the_pipeline_did(repo, name):
+def test_predict_on_the_folder_plus_bad_files_gives_the_evaluated_classes(repo, name, tmp_path, monkeypatch):
+    import shutil
+
+    import pandas as pd
+
+    from plankton_transfer.cli import predict
+    from plankton_transfer.data.ecotaxa_tsv import validate_ecotaxa_tsv
+
+    repo, expected, _ = repo
+    images = tmp_path / "images"
+    shutil.copytree(repo / "data" / "raw", images, symlinks=True)
+    (images / "Copepoda" / "added_truncated.jpg").write_bytes(b"\xff\xd8\xff\xe0" + b"\0" * 200)
+    (images / "added.png").write_text("a table saved as .png\n")
+    (images / "Copepoda" / ".added_hidden.jpg").write_bytes(b"\0")
+    monkeypatch.chdir(repo)  # models/<name>.pt and params.yaml of the pipeline
+    out = tmp_path / "out" / "predictions.csv"
+    table = predict.main(["--model", name, "--input", str(images), "--out", str(out), "--workers", "0"])
+    table = table.set_index("id")
+    test = pd.read_csv(repo / "data" / "split" / "test.csv", keep_default_na=False)
+    evaluated = [row["predicted"] for row in json.loads((repo / "plots" / "confusion" / f"{name}.json").read_text())]
+    assert table.loc[test["path"], "predicted"].tolist() == evaluated  # what the metrics were computed from
+    assert set(table.index[table["error"] != ""]) == {*expected["rejected"], "Copepoda/added_truncated.jpg",
+                                                      "added.png"}
+    assert not any("ipynb_checkpoints" in i or "/." in i for i in table.index)
+    tsv = out.with_name("ecotaxa_predictions.tsv")
+    assert validate_ecotaxa_tsv(tsv) == []
+    assert len(pd.read_csv(tsv, sep="\t", skiprows=[1])) == int((table["error"] == "").sum())
+
+
+def test_model_files_carry_class_thresholds_and_evaluate_draws_the_review_trade_off(repo):
     import pandas as pd
 
     from plankton_transfer.models.heads import load_model_file
-    from plankton_transfer.models.inference import classify
-    from plankton_transfer.params import ImageParams, PretrainedParams
 
     repo, _, _ = repo
+    sizes = json.loads((repo / "metrics" / "split.json").read_text())["sizes"]
+    for name in MODELS:
+        record = load_model_file(repo / "models" / f"{name}.pt")
+        thresholds = record["thresholds"]
+        assert thresholds["target_precision"] == 0.95 and set(thresholds["per_class"]) == set(record["classes"])
+        assert sum(thresholds["val_predictions"].values()) == sizes["val"]
+        assert all(t is None or 0 < t <= 1 for t in thresholds["per_class"].values())
+        table = pd.read_csv(repo / "metrics" / "thresholds" / f"{name}.csv")
+        assert table["accepted"].iloc[0] == sizes["test"] and table["auto_accepted"].is_monotonic_decreasing
+        assert (repo / "plots" / "thresholds" / f"{name}.png").stat().st_size > 5000
+
+
+def test_the_exported_model_runs_in_onnxruntime_as_in_pytorch(repo, tmp_path, monkeypatch):
+    """EfficientNet-Lite0 only: exporting VGG11 and AlexNet (0.5 and 0.2 GB) would cost the suite minutes."""
+    import numpy as np
+    import onnxruntime
+    import pandas as pd
+
+    from plankton_transfer.cli import export
+    from plankton_transfer.data.images import load_rgb
+    from plankton_transfer.data.preprocess import Preprocess, make_transform
+    from plankton_transfer.params import ImageParams
+
+    repo, _, _ = repo
+    monkeypatch.chdir(repo)
+    name = "efficientnet_lite0"
+    checks = export.main(["--models", name, "--out-dir", str(tmp_path), "--exporter", "torchscript"])[name]
     test = pd.read_csv(repo / "data" / "split" / "test.csv", keep_default_na=False)
-    record = load_model_file(repo / "models" / f"{name}.pt")
-    table = classify(record, [repo / "data" / "raw" / p for p in test["path"]],
-                     PretrainedParams(dir=str(repo / "data" / "pretrained")), ImageParams())
-    accuracy = (table["predicted"].to_numpy() == test["class"].to_numpy()).mean()
-    assert abs(accuracy - metrics(repo, name)["test"]["accuracy"]) <= 1 / len(test) + 1e-9
+    assert checks["test_images"] == len(test) and checks["onnx_max_abs_diff"] < 1e-4
+    assert checks["torchscript_max_abs_diff"] < 1e-4
+    folder = tmp_path / name
+    meta = json.loads((folder / f"{name}.json").read_text())
+    pre = meta["preprocessing"]["done_by_caller"]
+    transform = make_transform(Preprocess(**{k: tuple(v) if isinstance(v, list) else v for k, v in pre.items()
+                                             if k in ("input_size", "resize_size", "interpolation", "mean", "std")}),
+                               pre["mode"])
+    images = np.stack([transform(load_rgb(repo / "data" / "raw" / p, ImageParams())).numpy() for p in test["path"]])
+    session = onnxruntime.InferenceSession(str(folder / f"{name}.onnx"), providers=["CPUExecutionProvider"])
+    proba = session.run(None, {"image": images})[0]
+    evaluated = [row["predicted"] for row in json.loads((repo / "plots" / "confusion" / f"{name}.json").read_text())]
+    assert [meta["classes"][i] for i in proba.argmax(axis=1)] == evaluated
+    card = (folder / "MODEL_CARD.md").read_text(encoding="utf-8")
+    assert "Noctilucá" in card and "## Limits" in card and "full sha256 pinned" in card
+    assert (folder / f"{name}.torchscript.pt").stat().st_size > 1_000_000
 
 
 def leaves(tree, prefix=""):

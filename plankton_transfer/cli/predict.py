@@ -1,42 +1,118 @@
-"""Classify new images with a trained model file (``plankton-predict``; not a pipeline stage).
+"""Classify new images with a trained model (``plankton-predict``, ``make predict``; not a pipeline stage).
 
-    plankton-predict --model-file models/efficientnet_lite0.pt --images new/ --out predictions.csv
+    plankton-predict --model efficientnet_lite0 --input new-images/ --out results/predictions.csv
+    plankton-predict --model models/alexnet.pt --input cruise-42/ifcb/ --out results/cruise42.csv
 
-The model file names its backbone, weight file (with sha256) and preprocessing; the same
-weight file is found again as in the extract stage and must have the recorded sha256.
+--model:  a backbone name (its trained model file, models/<name>.pt) or a model file's path;
+          it names its backbone, weight file (found again as in the extract stage and checked
+          against the recorded sha256), preprocessing, head and per-class thresholds.
+--input:  an image file or folder (searched recursively as in the filter stage), an unzipped
+          EcoTaxa export (ecotaxa_*.tsv; labels ignored) or a folder of IFCB bins
+          (.hdr/.adc/.roi), told apart automatically or by --input-type.
+Writes:   the CSV (id, file, predicted class, probability, needs_review, threshold, the next
+          classes with their probabilities, error) and beside it ecotaxa_<name>.tsv with the
+          images it names in <name>_images/, ready to import into EcoTaxa.
+Settings: extract.device/batch_size/workers and image.* and pretrained.dir from the params file
+          when there is one (--device, --batch-size, --workers override them).
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import sys
 from pathlib import Path
 
 import pandas as pd
 
-from plankton_transfer.data.images import is_image_name
+from plankton_transfer.data.predictions import check_output, output_paths, read_taxon_names, write_ecotaxa_results
+from plankton_transfer.data.sources import KINDS, list_inputs, readable
 from plankton_transfer.errors import UserError, run_cli
 from plankton_transfer.files import write_csv
 from plankton_transfer.models.heads import load_model_file
-from plankton_transfer.models.inference import classify
-from plankton_transfer.params import ImageParams, PretrainedParams, params_argument, read_params, section
+from plankton_transfer.models.inference import classify_items, load_predictor
+from plankton_transfer.params import (PARAMS_FILE, ExtractParams, ImageParams, PretrainedParams, read_params,
+                                      section)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", "--model-file", dest="model", required=True, help="backbone name or model file")
+    p.add_argument("--input", "--images", dest="input", type=Path, required=True)
+    p.add_argument("--input-type", choices=["auto", *KINDS], default="auto")
+    p.add_argument("--out", type=Path, default=Path("predictions.csv"),
+                   help="the CSV (the EcoTaxa table goes beside it)")
+    p.add_argument("--top-k", type=int, default=3, help="classes listed per image")
+    p.add_argument("--taxon-names", type=Path, help="CSV with columns class,ecotaxa: EcoTaxa names for the classes")
+    p.add_argument("--device", help="auto | cpu | cuda (default: extract.device)")
+    p.add_argument("--batch-size", type=int, help="default: extract.batch_size")
+    p.add_argument("--workers", type=int, help="image decoding processes; default: extract.workers (-1 = auto)")
+    p.add_argument("--models-dir", type=Path, default=Path("models"), help="where backbone names are looked up")
+    p.add_argument("--params", type=Path, help=f"params file (default: {PARAMS_FILE} when present)")
+    return p.parse_args(argv)
+
+
+def model_file(value: str, models_dir: Path) -> Path:
+    """A model file path as given, or ``<models_dir>/<name>.pt`` for a backbone name."""
+    path = Path(value)
+    if path.exists() or path.suffix in (".pt", ".pth") or "/" in value:
+        return path
+    named = models_dir / f"{value}.pt"
+    if not named.exists():
+        trained = sorted(p.stem for p in models_dir.glob("*.pt")) if models_dir.is_dir() else []
+        raise UserError(f"no model file {named} for '{value}'; give a model file's path or a trained backbone "
+                        f"({', '.join(trained) or f'none in {models_dir}: run dvc repro'})")
+    return named
+
+
+def settings(args: argparse.Namespace) -> tuple[ExtractParams, ImageParams, PretrainedParams]:
+    params_file = args.params or (PARAMS_FILE if PARAMS_FILE.is_file() else None)
+    params = read_params(params_file) if params_file else {}
+    extract, image, pretrained = ((section(cls, params, name) if name in params else cls())
+                                  for cls, name in ((ExtractParams, "extract"), (ImageParams, "image"),
+                                                    (PretrainedParams, "pretrained")))
+    overrides = {k: v for k, v in (("device", args.device), ("batch_size", args.batch_size),
+                                   ("workers", args.workers)) if v is not None}
+    return dataclasses.replace(extract, **overrides), image, pretrained
+
+
+def summary_lines(name: str, inputs, table: pd.DataFrame, seconds: float, device, files: list[str]) -> list[str]:
+    failed = int((table["error"] != "").sum())
+    done = len(table) - failed
+    ignored = sum(inputs.ignored.values())
+    details = ", ".join(f"{reason} {n}" for reason, n in sorted(inputs.ignored.items()) if n)
+    lines = [f"predict {name} on {KINDS[inputs.kind]} {readable(str(inputs.root))}: {done} images classified, "
+             f"{failed} failed{' (reasons in the error column)' if failed else ''}, "
+             f"{ignored} ignored{f' ({details})' if details else ''}",
+             f"  {int(table['needs_review'][table['error'] == ''].sum())} of {done} need review (under their class's "
+             f"threshold); {done / seconds if seconds > 0 else 0:.1f} images/s on {device}",
+             f"  -> {readable(', '.join(files))}"]
+    return lines
 
 
 def main(argv: list[str] | None = None) -> pd.DataFrame:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model-file", type=Path, required=True)
-    p.add_argument("--images", type=Path, required=True, help="an image file or a folder (searched recursively)")
-    p.add_argument("--out", type=Path, default=Path("predictions.csv"))
-    params_argument(p)
-    args = p.parse_args(argv)
-    params = read_params(args.params)
-    record = load_model_file(args.model_file)
-    paths = [args.images] if args.images.is_file() else sorted(
-        f for f in args.images.rglob("*") if f.is_file() and is_image_name(f.name) and not f.name.startswith("."))
-    if not paths:
-        raise UserError(f"no image files in {args.images}")
-    table = classify(record, paths, section(PretrainedParams, params, "pretrained"),
-                     section(ImageParams, params, "image"))
-    write_csv(args.out, table)
-    print(f"predict: {len(table)} images -> {args.out}")
+    args = parse_args(argv)
+    extract_cfg, image_cfg, pretrained_cfg = settings(args)
+    check_output(args.out, args.input)
+    record = load_model_file(model_file(args.model, args.models_dir))
+    taxon_names = read_taxon_names(args.taxon_names, record["classes"])
+    if not record.get("thresholds"):
+        print("note: this model file has no class thresholds (trained before they existed): every image is marked "
+              "needs_review; re-run the train stage to get them", file=sys.stderr)
+    inputs = list_inputs(args.input, args.input_type)
+    if not inputs.items:
+        raise UserError(f"no images in {args.input} ({KINDS[inputs.kind]}); nothing to classify")
+    predictor = load_predictor(record, pretrained_cfg, extract_cfg)
+    table, seconds = classify_items(predictor, inputs.items, image_cfg, extract_cfg.batch_size, extract_cfg.workers,
+                                    args.top_k)
+    write_csv(args.out, table)  # first: the classification is safe before anything else is written
+    files = [str(args.out)]
+    if (table["error"] == "").any():
+        tsv, count, problems = write_ecotaxa_results(table, inputs, args.out, taxon_names,
+                                                     f"plankton-transfer {record['backbone']}")
+        files += [str(tsv), f"{output_paths(args.out)[1]}/ ({count} images)"]
+        for problem in problems[:10]:
+            print(f"warning: {tsv}: {problem}", file=sys.stderr)
+    print("\n".join(summary_lines(record["backbone"], inputs, table, seconds, predictor.device, files)))
     return table
 
 

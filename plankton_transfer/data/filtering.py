@@ -11,12 +11,13 @@ from pathlib import Path
 
 import pandas as pd
 
+from plankton_transfer.data.ecotaxa import is_ecotaxa_export, scan_ecotaxa
 from plankton_transfer.data.images import ImageCheck
 from plankton_transfer.data.scan import Candidate, Scan, display_path, scan_dataset
 from plankton_transfer.data.selection import remove_duplicates, select_classes
 from plankton_transfer.data.validation import validate_files
 from plankton_transfer.errors import UserError
-from plankton_transfer.params import FilterParams, ImageParams
+from plankton_transfer.params import EcotaxaParams, FilterParams, ImageParams
 
 # format and converted tell the extract stage which files GPU JPEG decoding can take as they are
 MANIFEST_COLUMNS = ["path", "class", "label", "split", "sha256", "width", "height", "format", "converted"]
@@ -28,9 +29,11 @@ class FilterResult:
     report: dict
 
 
-def filter_dataset(raw: Path, cfg: FilterParams, image_cfg: ImageParams, cache_file: Path | None = None) -> FilterResult:
-    """Scan ``raw``, validate every candidate, drop duplicates and conflicts, select classes."""
-    scan = scan_dataset(raw)
+def filter_dataset(raw: Path, cfg: FilterParams, image_cfg: ImageParams, cache_file: Path | None = None,
+                   ecotaxa_cfg: EcotaxaParams | None = None) -> FilterResult:
+    """Scan ``raw`` (class folders or an EcoTaxa export), validate every candidate, drop
+    duplicates and conflicts, select classes."""
+    scan = scan_ecotaxa(raw, ecotaxa_cfg or EcotaxaParams()) if is_ecotaxa_export(raw) else scan_dataset(raw)
     checks = validate_files(raw, [c.path for c in scan.candidates], image_cfg, cache_file, cfg.workers)
     usable = [(c, checks[c.path]) for c in scan.candidates if checks[c.path].ok]
     unique, duplicates, conflicts = remove_duplicates(usable, cfg.label_conflicts)

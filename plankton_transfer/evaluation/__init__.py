@@ -1,1 +1,1 @@
-"""Evaluation: metrics, figures and the comparison of models."""
+"""Evaluation: metrics, figures, the comparison of models, the review trade-off and model cards."""

@@ -1,1 +1,1 @@
-"""Models: the backbone registry, weight files, feature extraction, heads and inference."""
+"""Models: the backbone registry, weight files, feature extraction, heads, thresholds, inference and export."""

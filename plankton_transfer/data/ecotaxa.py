@@ -1,0 +1,215 @@
+"""Reading unzipped EcoTaxa exports: ``ecotaxa_*.tsv`` tables with their images beside them.
+
+An export holds one or more tables (tab-separated, UTF-8, row 1 the column names, row 2 the
+types ``[t]``/``[f]`` when it was made for re-import, sometimes absent), anywhere below the
+export folder; each row is one image of one object, ``img_file_name`` is relative to its
+table. The filter stage reads an export with :func:`scan_ecotaxa`, which gives the same
+:class:`~plankton_transfer.data.scan.Scan` as a class-folder scan, so validation,
+duplicates, class selection and the report work unchanged:
+
+- the class is ``ecotaxa.category`` (``object_annotation_category``, or
+  ``object_annotation_hierarchy`` for the full taxonomic path), optionally renamed or merged
+  by the ``ecotaxa.mapping`` CSV (columns ``ecotaxa,class``; an empty class leaves the objects out);
+- only rows whose ``object_annotation_status`` is in ``ecotaxa.statuses`` (default
+  ``validated``) are used; other rows, unclassified objects, secondary images of an object
+  (``img_rank`` above its lowest), images no table lists and the tables themselves are
+  ignored with their reason; a listed image that is not there is reported as missing.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import posixpath
+import re
+from pathlib import Path, PurePosixPath
+
+import pandas as pd
+
+from plankton_transfer.data.images import is_image_name
+from plankton_transfer.data.scan import Candidate, Scan, is_hidden
+from plankton_transfer.errors import UserError
+from plankton_transfer.params import EcotaxaParams
+
+TABLE_NAME = re.compile(r"^ecotaxa.*\.tsv$", re.IGNORECASE)  # what EcoTaxa's importer picks up
+TYPE_CELL = re.compile(r"^\[[tf]\]$")
+STATUS_COLUMN = "object_annotation_status"
+SECONDARY = "secondary image of an object (higher img_rank): only its main image is used"
+
+
+@dataclasses.dataclass(frozen=True)
+class EcotaxaRow:
+    """One object's main image, as a table lists it."""
+
+    object_id: str
+    path: str  # POSIX, relative to the export folder ("" when img_file_name leaves it)
+    where: str  # "<table> line <n>", for messages
+    values: dict  # the row's columns (text)
+    main: bool = True  # the object's main image (lowest img_rank)
+
+
+def find_tables(raw: str | Path) -> list[Path]:
+    """Every ``ecotaxa*.tsv`` below ``raw`` (hidden folders skipped), in path order."""
+    tables = []
+    for folder, dirs, files in os.walk(raw):
+        dirs[:] = sorted(d for d in dirs if not is_hidden(d))
+        tables += [Path(folder) / f for f in sorted(files) if TABLE_NAME.match(f) and not is_hidden(f)]
+    return tables
+
+
+def is_ecotaxa_export(raw: str | Path) -> bool:
+    return Path(raw).is_dir() and bool(find_tables(raw))
+
+
+def read_table(path: Path) -> tuple[pd.DataFrame, int]:
+    """A table's rows as text (the types row dropped) and the file line of its first row."""
+    try:
+        frame = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        raise UserError(f"{path} is not UTF-8 text; EcoTaxa writes UTF-8: export it again or convert it") from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+        raise UserError(f"{path} is not a tab-separated EcoTaxa table ({str(err).strip()}); export it again") from None
+    frame.columns = [str(c).strip().lower() for c in frame.columns]
+    for column in ("object_id", "img_file_name"):
+        if column not in frame.columns:
+            raise UserError(f"{path} has no {column} column; is it an EcoTaxa export table?")
+    first_line = 2
+    if len(frame) and all(TYPE_CELL.match(str(v).strip()) for v in frame.iloc[0]):
+        frame, first_line = frame.iloc[1:].reset_index(drop=True), 3
+    return frame, first_line
+
+
+def image_path(table_dir: PurePosixPath, name: str) -> str:
+    """``img_file_name`` as a POSIX path relative to the export folder; '' if it leaves it."""
+    name = name.strip().replace("\\", "/")
+    if not name or name.startswith("/") or re.match(r"^[A-Za-z]:", name):
+        return ""
+    joined = posixpath.normpath((table_dir / name).as_posix())
+    return "" if joined == ".." or joined.startswith("../") else joined
+
+
+def main_rank_rows(frame: pd.DataFrame) -> pd.Series:
+    """True for each object's main image: its lowest ``img_rank`` (first row on a tie)."""
+    if "img_rank" not in frame.columns:
+        return ~frame["object_id"].duplicated()
+    rank = pd.to_numeric(frame["img_rank"], errors="coerce").fillna(0)
+    order = rank.sort_values(kind="stable").index
+    first = ~frame.loc[order, "object_id"].duplicated()
+    return first.reindex(frame.index)
+
+
+def read_rows(raw: Path) -> tuple[list[EcotaxaRow], list[Path]]:
+    """Every row of every table below ``raw``, and the tables."""
+    rows, tables = [], find_tables(raw)
+    for table in tables:
+        frame, first_line = read_table(table)
+        name = table.relative_to(raw).as_posix()
+        folder = PurePosixPath(table.parent.relative_to(raw).as_posix())
+        main = main_rank_rows(frame)
+        for i, values in enumerate(frame.to_dict("records")):
+            rows.append(EcotaxaRow(object_id=values["object_id"].strip(), where=f"{name} line {first_line + i}",
+                                   path=image_path(folder, values["img_file_name"]), values=values,
+                                   main=bool(main[i])))
+    return rows, tables
+
+
+def read_mapping(raw: Path, name: str | None) -> tuple[dict[str, str], str]:
+    """``ecotaxa.mapping``: {EcoTaxa category: class} and the file's path relative to ``raw``."""
+    if name is None:
+        return {}, ""
+    rel = posixpath.normpath(name.replace("\\", "/"))
+    if Path(name).is_absolute() or rel.startswith("../") or rel == "..":
+        raise UserError(f"params.yaml: ecotaxa.mapping is {name!r}; put the file inside data.raw ({raw}) and give "
+                        "its path relative to it, so DVC re-runs the filter stage when it changes")
+    path = raw / rel
+    if not path.is_file():
+        raise UserError(f"ecotaxa.mapping: {path} not found; create it (columns ecotaxa,class) or set it to null")
+    try:
+        table = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+    except (UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError):
+        raise UserError(f"{path} is not a UTF-8 CSV with columns ecotaxa,class; fix the file") from None
+    table.columns = [str(c).strip().lower() for c in table.columns]
+    if not {"ecotaxa", "class"} <= set(table.columns):
+        raise UserError(f"{path} needs the columns ecotaxa and class (has {', '.join(table.columns)}); fix its header")
+    mapping: dict[str, str] = {}
+    for source, target in zip(table["ecotaxa"].str.strip(), table["class"].str.strip()):
+        if mapping.get(source, target) != target:
+            raise UserError(f"{path} maps '{source}' to both '{mapping[source]}' and '{target}'; keep one line")
+        mapping[source] = target
+    return mapping, rel
+
+
+def row_label(row: EcotaxaRow, cfg: EcotaxaParams, mapping: dict[str, str]) -> tuple[str, str]:
+    """(class, '') for a row to train on, or ('', why it is left out)."""
+    for column in (STATUS_COLUMN, cfg.category):
+        if column not in row.values:
+            raise UserError(f"{row.where.split(' line ')[0]} has no {column} column; export the project with its "
+                            "annotations" + (" or set ecotaxa.category to the other category column"
+                                             if column == cfg.category else ""))
+    status = row.values[STATUS_COLUMN].strip().lower()
+    if status not in cfg.statuses:
+        return "", f"{STATUS_COLUMN} '{status or 'none'}' not in ecotaxa.statuses ({', '.join(cfg.statuses)})"
+    category = row.values[cfg.category].strip()
+    if not category:
+        return "", f"no {cfg.category} (unclassified object)"
+    label = mapping.get(category, category)
+    if not label:
+        return "", f"category '{category}' mapped to no class in ecotaxa.mapping"
+    return label, ""
+
+
+def scan_ecotaxa(raw: str | Path, cfg: EcotaxaParams) -> Scan:
+    """List every file below an EcoTaxa export as a candidate image or an ignored entry."""
+    raw = Path(raw)
+    rows, tables = read_rows(raw)
+    if not rows:
+        raise UserError(f"the EcoTaxa tables in {raw} list no objects; export the project again with its images")
+    mapping, mapping_name = read_mapping(raw, cfg.mapping)
+    scan = Scan(layout="EcoTaxa export")
+    decided: dict[str, dict] = {}  # image path -> {} (a candidate) or its ignored entry
+    for row in rows:
+        if not row.path:
+            scan.ignored.append(entry(row.values["img_file_name"], "img_file_name leaves the export folder", row, 0))
+        elif row.path in decided:
+            scan.ignored.append(entry(row.path, "image listed again", row, 0))
+        elif not (raw / row.path).is_file():
+            decided[row.path] = entry(row.path, "missing image", row, 0)
+            scan.ignored.append(decided[row.path])
+        elif not row.main:
+            decided[row.path] = entry(row.path, SECONDARY, row, 1)
+            scan.ignored.append(decided[row.path])
+        else:
+            label, why = row_label(row, cfg, mapping)
+            decided[row.path] = entry(row.path, why, row, 1) if why else {}
+            if why:
+                scan.ignored.append(decided[row.path])
+            else:
+                scan.candidates.append(Candidate(path=row.path, label_name=label, split=""))
+                scan.class_folders[label] = scan.class_folders.get(label, 0) + 1
+    account_files(raw, scan, decided, {t.relative_to(raw).as_posix() for t in tables}, mapping_name)
+    return scan
+
+
+def entry(path: str, reason: str, row: EcotaxaRow, files: int) -> dict:
+    """An ignored entry of the report, naming the table line that lists it."""
+    return {"path": path, "reason": reason, "files": files, "listed_in": row.where}
+
+
+def account_files(raw: Path, scan: Scan, decided: dict[str, dict], tables: set[str], mapping_name: str) -> None:
+    """Every file on disk that no row decided on becomes an ignored entry with its reason."""
+    for folder, dirs, files in os.walk(raw):
+        rel_dir = PurePosixPath(Path(folder).relative_to(raw).as_posix())
+        for d in sorted(dirs):
+            if is_hidden(d):
+                count = sum(len(names) for _, _, names in os.walk(Path(folder) / d))
+                scan.ignored.append({"path": f"{(rel_dir / d).as_posix()}/", "files": count,
+                                     "reason": "hidden folder" if d.startswith(".") else "system folder"})
+        dirs[:] = sorted(d for d in dirs if not is_hidden(d))
+        for name in sorted(files):
+            rel = posixpath.normpath((rel_dir / name).as_posix())
+            if rel in decided:
+                continue  # a candidate, or a row left out whose entry already counts the file
+            why = ("hidden file" if is_hidden(name) else "EcoTaxa table" if rel in tables
+                   else "ecotaxa.mapping file" if rel == mapping_name
+                   else "image not listed in any EcoTaxa table" if is_image_name(name)
+                   else f"not listed in any EcoTaxa table ({Path(name).suffix.lower() or 'no extension'})")
+            scan.ignored.append({"path": rel, "reason": why, "files": 1})
