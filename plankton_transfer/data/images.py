@@ -25,6 +25,7 @@ import io
 import warnings
 from pathlib import Path
 
+import imagehash
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
@@ -58,6 +59,7 @@ class ImageCheck:
     width: int = 0
     height: int = 0
     format: str = ""  # Pillow's name of the file format (JPEG, PNG, TIFF, ...)
+    phash: str = ""  # perceptual hash (16 hex digits), for near-duplicates across splits
 
 
 def is_image_name(name: str) -> bool:
@@ -76,7 +78,13 @@ def check_image(path: str | Path, cfg: ImageParams) -> ImageCheck:
     except BadImage as err:
         return ImageCheck(sha256=digest, ok=False, reason=str(err), kind=err.kind)
     return ImageCheck(sha256=digest, ok=True, conversions=tuple(conversions), width=img.width, height=img.height,
-                      format=fmt)
+                      format=fmt, phash=perceptual_hash(img))
+
+
+def perceptual_hash(img: Image.Image) -> str:
+    """imagehash's 64-bit DCT hash of the decoded image: resized or re-encoded copies of an image
+    differ from it in a few bits only (plankton_transfer/data/leakage.py)."""
+    return str(imagehash.phash(img))
 
 
 def load_rgb(path: str | Path, cfg: ImageParams, draft_size: int | None = None) -> Image.Image:

@@ -5,6 +5,10 @@ name, after sorting its images by content hash: the split does not depend on fil
 and adding a class leaves the other classes' splits unchanged. A dataset that came with
 split folders keeps them; a missing val or test split is carved out of train.
 Content hashes are unique after the filter stage, so no image is in two splits.
+
+With ``split.group`` whole groups of related images are placed instead
+(plankton_transfer/data/grouping.py), and near-duplicates in different splits are reported
+(plankton_transfer/data/split_checks.py).
 """
 from __future__ import annotations
 
@@ -18,12 +22,13 @@ from plankton_transfer.errors import UserError
 from plankton_transfer.params import SplitParams
 
 SPLITS = ("train", "val", "test")
+TEXT_COLUMNS = {"split": str, "phash": str, "group": str, "sha256": str}  # hex digits could parse as numbers
 
 
 def read_manifest(path: Path) -> pd.DataFrame:
     if not path.is_file():
         raise UserError(f"{path} not found; run the filter stage first (dvc repro)")
-    return pd.read_csv(path, dtype={"split": str}, keep_default_na=False)
+    return pd.read_csv(path, dtype=TEXT_COLUMNS, keep_default_na=False)
 
 
 def class_rng(seed: int, name: str) -> np.random.Generator:
@@ -62,8 +67,13 @@ def assign_splits(manifest: pd.DataFrame, fractions: SplitParams, seed: int) -> 
 
 
 def split_manifest(manifest: pd.DataFrame, fractions: SplitParams, seed: int) -> dict[str, pd.DataFrame]:
+    """The three splits, each with the manifest's columns plus an empty ``group``."""
     manifest = manifest.reset_index(drop=True)  # assign_splits addresses rows by index label
-    split = assign_splits(manifest, fractions, seed)
+    return parts_of(manifest.assign(group=""), assign_splits(manifest, fractions, seed))
+
+
+def parts_of(manifest: pd.DataFrame, split: pd.Series) -> dict[str, pd.DataFrame]:
+    """The rows of each split, checked: no split empty, no image content in two splits."""
     parts = {s: manifest[split == s].assign(split=s).reset_index(drop=True) for s in SPLITS}
     for s, part in parts.items():
         if part.empty:
@@ -80,5 +90,5 @@ def read_splits(split_dir: Path) -> dict[str, pd.DataFrame]:
         path = split_dir / f"{s}.csv"
         if not path.is_file():
             raise UserError(f"{path} not found; run the split stage first (dvc repro)")
-        parts[s] = pd.read_csv(path, keep_default_na=False)
+        parts[s] = pd.read_csv(path, dtype=TEXT_COLUMNS, keep_default_na=False)
     return parts
