@@ -58,7 +58,8 @@ def run_split(root, name: str, **split) -> tuple[pd.DataFrame, dict, pd.DataFram
     split_stage.main(["--manifest", str(root / "manifest.csv"), "--out-dir", str(out / "split"),
                       "--metrics", str(out / "split.json"), "--report", str(out / "report.json"),
                       "--near-duplicates", str(out / "pairs.csv"), "--params", str(params)])
-    parts = pd.concat([pd.read_csv(out / "split" / f"{s}.csv", keep_default_na=False) for s in ("train", "val", "test")])
+    parts = pd.concat([pd.read_csv(out / "split" / f"{s}.csv", keep_default_na=False)
+                       for s in ("train", "val", "test")])
     return parts, json.loads((out / "split.json").read_text()), pd.read_csv(out / "pairs.csv")
 
 
