@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
+from plankton_transfer.models.crossval import few_threads_for_small_work
 from plankton_transfer.models.folds import fit_folds, make_folds
 from plankton_transfer.models.heads import LinearHeads, fit, make_optimizer
 from plankton_transfer.params import CrossvalParams, TrainParams
@@ -31,17 +32,24 @@ def test_folds_trained_together_equal_each_fold_trained_alone_with_fit():
     steps = {math.ceil(len(f.train) / cfg.batch_size) for f in folds}
     assert len(steps) > 1, "folds should need different numbers of batches, so the skipping is exercised"
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
-    together = fit_folds(xt, yt, 3, folds, cfg, seed=3)
-    for i, fold in enumerate(folds):
-        heads = LinearHeads(2, x.shape[1], 3, seed=3)
-        alone = fit(heads, make_optimizer(heads, list(cfg.lrs), cfg.momentum, cfg.weight_decay),
-                    (xt[fold.train], yt[fold.train]), (xt[fold.val], yt[fold.val]), cfg.batch_size, cfg.max_epochs,
-                    cfg.patience, torch.Generator().manual_seed(3 + i))
+    with few_threads_for_small_work(torch.device("cpu"), x.size):  # as the stage runs it: tiny ops, one thread
+        together = fit_folds(xt, yt, 3, folds, cfg, seed=3)
+        alone = [fit_alone(xt, yt, fold, cfg, seed=3 + i) for i, fold in enumerate(folds)]
+    for i, single in enumerate(alone):
         for k in range(2):
-            assert together.best_epoch[2 * i + k] == alone.best_epoch[k]
-            assert together.epochs_run[2 * i + k] == alone.epochs_run[k]
-            assert together.best_val_loss[2 * i + k] == pytest.approx(alone.best_val_loss[k], rel=1e-5)
-            assert torch.allclose(together.best_states[2 * i + k]["weight"], alone.best_states[k]["weight"], atol=1e-5)
+            assert together.best_epoch[2 * i + k] == single.best_epoch[k]
+            assert together.epochs_run[2 * i + k] == single.epochs_run[k]
+            assert together.best_val_loss[2 * i + k] == pytest.approx(single.best_val_loss[k], rel=1e-5)
+            assert torch.allclose(together.best_states[2 * i + k]["weight"], single.best_states[k]["weight"],
+                                  atol=1e-5)
+
+
+def fit_alone(xt, yt, fold, cfg: TrainParams, seed: int):
+    """The train stage's ``fit`` on one fold's training and validation rows."""
+    heads = LinearHeads(len(cfg.lrs), xt.shape[1], 3, seed=3)
+    return fit(heads, make_optimizer(heads, list(cfg.lrs), cfg.momentum, cfg.weight_decay),
+               (xt[fold.train], yt[fold.train]), (xt[fold.val], yt[fold.val]), cfg.batch_size, cfg.max_epochs,
+               cfg.patience, torch.Generator().manual_seed(seed))
 
 
 def test_every_image_is_tested_once_per_repeat_and_never_used_for_its_own_early_stopping():
@@ -82,7 +90,7 @@ def write_features(folder, split_dir, sizes: dict[str, int]) -> None:
 def test_stage_writes_numbers_per_fold_table_and_pooled_confusion(tmp_path):
     write_features(tmp_path / "features", tmp_path / "split", {"train": 48, "val": 6, "test": 6})
     params = write_params(tmp_path / "params.yaml", crossval={"folds": 3, "repeats": 2},
-                          train={"max_epochs": 20, "lr": [0.01, 0.1]})
+                          train={"max_epochs": 10, "lr": [0.01, 0.1]})
     crossval_stage.main(["--features", str(tmp_path / "features"), "--split-dir", str(tmp_path / "split"),
                          "--metrics", str(tmp_path / "cv.json"), "--folds", str(tmp_path / "folds.csv"),
                          "--confusion", str(tmp_path / "confusion.json"), "--params", str(params)])
