@@ -26,6 +26,7 @@ from plankton_transfer.evaluation.comparison import comparison_rows, report_mark
 from plankton_transfer.evaluation.comparison_stats import (abundance_section, add_crossval, calibration_section,
                                                            crossval_section, intervals_note, pair_rows, pairs_section,
                                                            training_curves)
+from plankton_transfer.evaluation.paired import PAIR_COLUMNS
 from plankton_transfer.evaluation.plots import plot_accuracy_vs_time
 from plankton_transfer.evaluation.uncertainty_plots import plot_intervals
 from plankton_transfer.files import write_csv, write_json, write_text
@@ -54,7 +55,7 @@ def statistics_sections(args: argparse.Namespace, rows: list[dict], cfg: StatsPa
     if args.predictions_dir:
         pairs = pair_rows([r["model"] for r in rows], args.predictions_dir, cfg, seed)
         write_json(args.out_dir / "pairs.json", pairs)
-        write_csv(args.out_dir / "pairs.csv", pd.DataFrame(pairs, columns=list(pairs[0]) if pairs else ["model_a"]))
+        write_csv(args.out_dir / "pairs.csv", pd.DataFrame(pairs, columns=PAIR_COLUMNS))
         sections.append(pairs_section(pairs, cfg, len(rows)))
     if args.crossval_dir:
         add_crossval(rows, args.crossval_dir)

@@ -66,6 +66,12 @@ def test_every_image_is_tested_once_per_repeat_and_never_used_for_its_own_early_
         assert set(y[f.val]) == {0, 1, 2}  # stratified
 
 
+def test_classes_smaller_than_the_validation_parts_still_get_a_validation_part():
+    y = np.repeat(np.arange(3), 8)  # 2 folds: 4 images per class in a training part, fewer than 1 / 0.1
+    for f in make_folds(y, None, CrossvalParams(folds=2, repeats=1, val_fraction=0.1), seed=0):
+        assert len(f.val) >= 3 and set(y[f.val]) == {0, 1, 2} and len(f.train) > len(f.val)
+
+
 def test_grouped_folds_never_split_a_group():
     _, y = blobs(90)
     groups = np.array([f"sample{i // 3}" for i in range(90)])  # 30 groups of 3 images

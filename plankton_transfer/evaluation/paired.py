@@ -50,6 +50,10 @@ def paired_difference(y_true: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray
     }
 
 
+PAIR_COLUMNS = ["model_a", "model_b", "difference", "difference_lo", "difference_hi", "only_a_right",
+                "only_b_right", "images", "mcnemar_p"]
+
+
 def compare_pairs(y_true: np.ndarray, predictions: dict[str, np.ndarray], confidence: float, n_resamples: int,
                   seed: int) -> list[dict]:
     """Every pair of models, the more accurate first (ties: the order given)."""

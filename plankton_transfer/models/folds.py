@@ -63,9 +63,12 @@ def make_folds(y: np.ndarray, groups: np.ndarray | None, cfg: CrossvalParams, se
 
 def carve_validation(fit_part: np.ndarray, y: np.ndarray, groups: np.ndarray | None, fraction: float,
                      seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(train, val) rows of ``fit_part``: one stratified (grouped) part of about ``fraction`` as val."""
+    """(train, val) rows of ``fit_part``: one stratified (grouped) part of about ``fraction`` as val
+    (more when every class has fewer images than ``1 / fraction``: each part needs one of the
+    largest class)."""
     n_groups = len(np.unique(groups[fit_part])) if groups is not None else len(fit_part)
-    n_splits = min(max(2, round(1 / fraction)), n_groups)
+    largest_class = int(np.bincount(y[fit_part]).max())
+    n_splits = min(max(2, round(1 / fraction)), n_groups, largest_class)
     if n_splits < 2:
         raise UserError("cross-validation: a fold's training part is too small to hold out a validation part; "
                         "lower crossval.folds or add images")
