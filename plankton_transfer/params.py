@@ -100,13 +100,18 @@ class ImageParams:
             raise UserError(f"params.yaml: image.background is {list(self.background)}; use three integers 0-255")
 
 
+SPLIT_GROUP_MODES = ("none", "near_duplicates")  # or a regular expression with a capture group
+
+
 @dataclasses.dataclass(frozen=True)
 class SplitParams:
-    """``split``: fractions of each class in train, val and test."""
+    """``split``: fractions of each class in train, val and test, and what must stay together."""
 
     train: float = 0.8
     val: float = 0.1
     test: float = 0.1
+    group: str = "none"
+    near_duplicate_distance: int = 4
 
     def __post_init__(self) -> None:
         if min(self.train, self.val, self.test) <= 0 or abs(self.train + self.val + self.test - 1) > 1e-6:
@@ -114,6 +119,22 @@ class SplitParams:
                 f"params.yaml: split fractions must be > 0 and sum to 1 (got train={self.train}, "
                 f"val={self.val}, test={self.test})"
             )
+        check_range("split.near_duplicate_distance", self.near_duplicate_distance, 0, 32)
+        if self.group not in SPLIT_GROUP_MODES:
+            check_group_pattern(self.group)
+
+
+def check_group_pattern(pattern: str) -> re.Pattern:
+    """``split.group`` as a regular expression whose first capture group is the group id."""
+    try:
+        compiled = re.compile(pattern)
+    except re.error as err:
+        raise UserError(f"params.yaml: split.group {pattern!r} is not a regular expression ({err}); use none, "
+                        "near_duplicates or a pattern such as '(D\\d{8}T\\d{6}_IFCB\\d+)'") from None
+    if compiled.groups < 1:
+        raise UserError(f"params.yaml: split.group {pattern!r} has no capture group; put the group id in "
+                        "parentheses, e.g. '^([^_]+)_' for the part of the file name before the first _")
+    return compiled
 
 
 @dataclasses.dataclass(frozen=True)
@@ -208,6 +229,36 @@ class ThresholdParams:
         check_range("thresholds.target_precision", self.target_precision, 0, 1, low_open=True)
 
 
+@dataclasses.dataclass(frozen=True)
+class StatsParams:
+    """``stats``: how uncertainty and calibration are reported (evaluate, crossval, compare)."""
+
+    confidence: float = 0.95
+    resamples: int = 2000
+    calibration_bins: int = 15
+
+    def __post_init__(self) -> None:
+        check_range("stats.confidence", self.confidence, 0, 1, low_open=True)
+        if self.confidence >= 1:
+            raise UserError(f"params.yaml: stats.confidence is {self.confidence}; it must be below 1, e.g. 0.95")
+        check_range("stats.resamples", self.resamples, 100)
+        check_range("stats.calibration_bins", self.calibration_bins, 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class CrossvalParams:
+    """``crossval``: repeated stratified k-fold over all filtered images, on the cached features."""
+
+    folds: int = 5
+    repeats: int = 2
+    val_fraction: float = 0.1
+
+    def __post_init__(self) -> None:
+        check_range("crossval.folds", self.folds, 2)
+        check_range("crossval.repeats", self.repeats, 1)
+        check_range("crossval.val_fraction", self.val_fraction, 0, 0.5, low_open=True)
+
+
 # params.yaml's sections and the dataclass that reads each; ``models`` is a plain list.
 SECTIONS: dict[str, type] = {
     "base": BaseParams,
@@ -220,6 +271,10 @@ SECTIONS: dict[str, type] = {
     "train": TrainParams,
     "ecotaxa": EcotaxaParams,
     "thresholds": ThresholdParams,
+
+
+    "stats": StatsParams,
+    "crossval": CrossvalParams,
 }
 TOP_LEVEL_LISTS = ("models",)
 

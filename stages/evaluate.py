@@ -12,7 +12,16 @@ Outputs: ``--metrics`` JSON (what ``dvc exp show`` lists; numbers and the pretra
          preprocessing, training params, seeds, library versions and device);
          ``--thresholds-table`` CSV and ``--thresholds-png``: test accuracy against the fraction
          of images accepted automatically as a global threshold rises (evaluation/thresholds.py).
-Params:  none (everything comes from the model file; library: plankton_transfer/evaluation/).
+         Uncertainty (plankton_transfer/evaluation/uncertainty.py): in the metrics, a
+         ``stats.confidence`` interval for every accuracy (Wilson), balanced accuracy and
+         macro-F1 (per-class posterior draws) as ``<metric>_lo``/``_hi``; ``calibration``: the
+         temperature and the cross-entropy and ECE before/after it; ``abundance``: the test
+         composition error of classify-and-count and of the adjusted count;
+         ``--predictions`` CSV (every test image, for the paired tests of the compare stage);
+         ``--reliability`` JSON + ``--reliability-png`` (reliability diagram, test split);
+         ``--abundance`` CSV + ``--abundance-png`` (true, predicted, adjusted counts per class).
+Params:  ``stats``, ``base.seed`` (the draws' seed); the rest comes from the model file
+         (library: plankton_transfer/evaluation/).
 """
 from __future__ import annotations
 
@@ -27,8 +36,11 @@ from plankton_transfer.evaluation.plots import plot_confusion
 from plankton_transfer.evaluation.scoring import (confusion_rows, misclassified, model_summary, run_record,
                                                   split_probabilities)
 from plankton_transfer.evaluation.thresholds import write_threshold_report
+from plankton_transfer.evaluation.uncertainty import assess, predictions_table
+from plankton_transfer.evaluation.uncertainty_plots import plot_abundance, plot_reliability
 from plankton_transfer.files import write_csv, write_json
 from plankton_transfer.models.heads import load_model_file
+from plankton_transfer.params import BaseParams, StatsParams, params_argument, read_params, section
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -44,7 +56,38 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--run-record", type=Path, required=True)
     p.add_argument("--thresholds-table", type=Path, required=True, help="accuracy against images auto-accepted (CSV)")
     p.add_argument("--thresholds-png", type=Path, required=True)
+    p.add_argument("--predictions", type=Path, help="every test image's prediction (CSV)")
+    p.add_argument("--reliability", type=Path, help="reliability diagram data (JSON, DVC plot)")
+    p.add_argument("--reliability-png", type=Path)
+    p.add_argument("--abundance", type=Path, help="true, predicted and adjusted test counts per class (CSV)")
+    p.add_argument("--abundance-png", type=Path)
+    params_argument(p)
     return p.parse_args(argv)
+
+
+def add_assessment(summary: dict, assessment) -> None:
+    """Intervals beside each split's numbers; calibration and abundance as their own groups."""
+    for split, values in assessment.intervals.items():
+        summary[split].update(values)
+    summary["calibration"] = assessment.calibration
+    summary["abundance"] = assessment.abundance
+
+
+def write_uncertainty_outputs(args: argparse.Namespace, name: str, assessment, predictions) -> None:
+    if args.predictions:
+        write_csv(args.predictions, predictions)
+    if args.reliability:
+        write_json(args.reliability, assessment.reliability_rows)
+    if args.reliability_png:
+        c = assessment.calibration
+        plot_reliability(assessment.reliability, c["temperature"], f"{name}: reliability on the test split (ECE "
+                         f"{c['test_ece_before']:.3f} before, {c['test_ece_after']:.3f} after scaling)",
+                         args.reliability_png)
+    if args.abundance:
+        write_csv(args.abundance, assessment.abundance_table)
+    if args.abundance_png:
+        plot_abundance(assessment.abundance_table, assessment.abundance, f"{name}: test counts per class",
+                       args.abundance_png)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -53,6 +96,10 @@ def main(argv: list[str] | None = None) -> dict:
     name, classes = record["backbone"], record["classes"]
     scores = {split: split_probabilities(record, args.features, split) for split in ("val", "test")}
     summary = model_summary(record, meta, scores)
+    params = read_params(args.params)
+    assessment = assess(record, args.features, section(StatsParams, params, "stats"),
+                        section(BaseParams, params, "base").seed)
+    add_assessment(summary, assessment)
     y_test, proba_test = scores["test"]
     y_pred = proba_test.argmax(axis=1)
     paths = read_splits(args.split_dir)["test"]["path"]
@@ -66,8 +113,12 @@ def main(argv: list[str] | None = None) -> dict:
     write_json(args.metrics, {name: summary})  # keyed by model: short, unique `dvc exp show` columns
     write_json(args.run_record, run_record(record, meta))
     write_threshold_report(record, y_test, proba_test, args.thresholds_table, args.thresholds_png)
+    write_uncertainty_outputs(args, name, assessment, predictions_table(paths, y_test, proba_test, classes))
+    test = summary["test"]
     print(f"evaluate {name}: val accuracy {summary['val']['accuracy']:.4f}, "
-          f"test accuracy {accuracy:.4f}, weights: {record['weights']['description']}")
+          f"test accuracy {accuracy:.4f} [{test['accuracy_lo']:.4f}, {test['accuracy_hi']:.4f}], "
+          f"test ECE {summary['calibration']['test_ece_before']:.3f} -> {summary['calibration']['test_ece_after']:.3f} "
+          f"(temperature {summary['calibration']['temperature']:.3f}), weights: {record['weights']['description']}")
     return summary
 
 

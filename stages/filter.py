@@ -3,7 +3,8 @@
 Inputs:  the image folder ``data.raw`` from params.yaml (or ``--raw``; it is read from the
          params file so that any folder name works, spaces, quotes and ``$`` included): class
          folders, or an unzipped EcoTaxa export (``ecotaxa_*.tsv``; read by data/ecotaxa.py).
-Outputs: ``--manifest`` CSV (path, class, label, split, sha256, width, height, format, converted);
+Outputs: ``--manifest`` CSV (path, class, label, split, sha256, width, height, format, converted,
+         phash: the perceptual hash the split stage compares to find near-duplicates);
          ``--report`` JSON: every file not kept, with its reason, and every converted file;
          ``--metrics`` JSON: counts for ``dvc metrics``.
 Cache:   ``--cache-file`` remembers each file's hash and verdict by (path, size, mtime, inode),

@@ -1,16 +1,23 @@
-"""Stage split: stratified, deterministic train/val/test manifests.
+"""Stage split: stratified, deterministic train/val/test manifests, checked for leakage.
 
 Inputs:  ``--manifest`` from the filter stage.
-Outputs: ``--out-dir``/{train,val,test}.csv (the manifest's columns), ``--metrics`` JSON with
-         the split sizes.
-Params:  ``split`` (fractions), ``base.seed`` (library: plankton_transfer/data/splitting.py).
+Outputs: ``--out-dir``/{train,val,test}.csv (the manifest's columns and ``group``: the group
+         id when ``split.group`` is set, else empty); ``--metrics`` JSON: split sizes, the
+         number of near-duplicate pairs across splits (``leakage``, in total and per pair of
+         splits) and the largest difference between a realised and an asked fraction;
+         ``--report`` JSON: the grouping, asked against realised fractions (overall and per
+         class) and the leakage counts; ``--near-duplicates`` CSV: every near-duplicate pair
+         in different splits, with both paths, their splits and classes and the distance.
+Params:  ``split`` (fractions, group, near_duplicate_distance), ``base.seed``
+         (library: plankton_transfer/data/split_checks.py, splitting.py, grouping.py, leakage.py).
 """
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from plankton_transfer.data.splitting import read_manifest, split_manifest
+from plankton_transfer.data.split_checks import split_and_check
+from plankton_transfer.data.splitting import read_manifest
 from plankton_transfer.errors import run_cli
 from plankton_transfer.files import write_csv, write_json
 from plankton_transfer.params import BaseParams, SplitParams, params_argument, read_params, section
@@ -21,6 +28,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--manifest", type=Path, default=Path("data/filtered/manifest.csv"))
     p.add_argument("--out-dir", type=Path, default=Path("data/split"))
     p.add_argument("--metrics", type=Path, default=Path("metrics/split.json"))
+    p.add_argument("--report", type=Path, default=Path("data/split_report.json"))
+    p.add_argument("--near-duplicates", type=Path, default=Path("data/split_near_duplicates.csv"))
     params_argument(p)
     return p.parse_args(argv)
 
@@ -29,13 +38,20 @@ def main(argv: list[str] | None = None):
     args = parse_args(argv)
     params = read_params(args.params)
     fractions, seed = section(SplitParams, params, "split"), section(BaseParams, params, "base").seed
-    parts = split_manifest(read_manifest(args.manifest), fractions, seed)
-    for name, part in parts.items():
+    result = split_and_check(read_manifest(args.manifest), fractions, seed)
+    for name, part in result.parts.items():
         write_csv(args.out_dir / f"{name}.csv", part)
-    sizes = {name: len(part) for name, part in parts.items()}
-    write_json(args.metrics, {"sizes": sizes})
-    print("split: " + ", ".join(f"{n} {name}" for name, n in sizes.items()))
-    return parts
+    write_csv(args.near_duplicates, result.near_duplicates)
+    write_json(args.report, {**result.report, "near_duplicate_pairs_file": str(args.near_duplicates)})
+    write_json(args.metrics, result.metrics)
+    sizes, leakage = result.metrics["sizes"], result.metrics["leakage"]
+    print("split: " + ", ".join(f"{n} {name}" for name, n in sizes.items())
+          + f" (largest difference from the asked fractions: {result.metrics['fraction_difference']:.3f})")
+    if leakage["near_duplicate_pairs"]:
+        print(f"  {leakage['near_duplicate_pairs']} near-duplicate pairs across splits (hash distance <= "
+              f"{fractions.near_duplicate_distance}), listed in {args.near_duplicates}; split.group: near_duplicates "
+              "keeps them together")
+    return result.parts
 
 
 if __name__ == "__main__":

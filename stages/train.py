@@ -3,7 +3,8 @@
 Inputs:  ``--features`` folder from the extract stage.
 Outputs: ``--model-file`` (torch.save of plain tensors and strings, loadable with
          ``weights_only=True``): the head, class names, backbone name, weight source and
-         sha256, preprocessing and training record: all that prediction needs;
+         sha256, preprocessing and training record: all that prediction needs; the temperature
+         fitted on the validation split (``calibration``), applied to every probability reported;
          ``--live-dir``: DVCLive per-epoch train/val loss and accuracy (``dvc plots``).
          The model file also holds per-class probability thresholds that reach
          ``thresholds.target_precision`` on the validation set (models/thresholds.py).
@@ -24,7 +25,7 @@ from dvclive import Live
 from plankton_transfer.errors import run_cli
 from plankton_transfer.models.heads import FitResult, save_model_file
 from plankton_transfer.models.thresholds import validation_thresholds
-from plankton_transfer.models.training import best_head, model_record, train_heads
+from plankton_transfer.models.training import best_head, calibration_record, model_record, train_heads
 from plankton_transfer.params import BaseParams, ThresholdParams, TrainParams, params_argument, read_params, section
 
 
@@ -58,13 +59,15 @@ def main(argv: list[str] | None = None) -> dict:
     result, meta, seconds = train_heads(args.features, cfg, seed)
     k = best_head(result)
     record = model_record(result, k, meta, cfg, seed, seconds)
-    # last, from the finished record, so the thresholds see the probabilities prediction will use
+    record["calibration"] = calibration_record(record, args.features)  # temperature scaling on val
+    # last, from the finished record, so the thresholds see the (calibrated) probabilities prediction will use
     record["thresholds"] = validation_thresholds(record, args.features, target_precision)
     log_history(args.live_dir, result, k)
     save_model_file(record, args.model_file)
     t = record["training"]
     print(f"train {meta['backbone']}: lr {t['lr']}, {t['epochs']} epochs (best {t['best_epoch']}), "
-          f"val loss {t['best_val_loss']:.4f}, {seconds:.1f} s")
+          f"val loss {t['best_val_loss']:.4f}, {seconds:.1f} s; temperature {record['calibration']['temperature']:.3f} "
+          f"(val loss {record['calibration']['val_loss_after']:.4f} after scaling)")
     return record
 
 

@@ -63,10 +63,11 @@ def stages_run(output: str) -> list[str]:
 
 
 def make_small_repo(repo: Path) -> Path:
-    """Three synthetic classes of 8 images, AlexNet only, 15 epochs: the quickest full pipeline."""
+    """Three synthetic classes of 8 images, AlexNet only, 15 epochs, 2-fold cross-validation: the
+    quickest full pipeline."""
     from tests.conftest import make_dataset
 
     make_dataset(repo / "data" / "raw", {"a": 8, "b": 8, "c": 8})
     return make_repo(repo, models=["alexnet"], data={"raw": "data/raw"},
                      filter={"min_images_per_class": 3, "workers": 1}, extract={"batch_size": 8, "workers": 0},
-                     train={"max_epochs": 15})
+                     train={"max_epochs": 15}, crossval={"folds": 2, "repeats": 1})

@@ -19,7 +19,7 @@ def repo(tmp_path_factory):
     repo = tmp_path_factory.mktemp("pipeline")
     expected = make_messy_dataset(repo / "data" / "raw", per_class=10)
     make_repo(repo, data={"raw": "data/raw"}, filter={"min_images_per_class": 5, "workers": 1},
-              extract={"batch_size": 16})
+              extract={"batch_size": 16}, crossval={"folds": 2, "repeats": 1})  # quick: 2 heads
     first = run(repo, "dvc", "repro")
     commit(repo, "baseline")
     return repo, expected, first
@@ -35,7 +35,9 @@ def test_repro_writes_metrics_plots_and_comparison_for_every_model(repo):
     for name in MODELS:
         m = metrics(repo, name)
         for split in ("val", "test"):
-            assert set(m[split]) == {"accuracy", "top5", "loss", "macro_f1", "balanced_accuracy"}
+            assert set(m[split]) == {"accuracy", "top5", "loss", "macro_f1", "balanced_accuracy",
+                                     *(f"{k}_{end}" for k in ("accuracy", "balanced_accuracy", "macro_f1")
+                                       for end in ("lo", "hi"))}
         assert m["epochs"] >= m["best_epoch"] >= 1
         timing = json.loads((repo / "metrics" / "runs" / f"{name}.json").read_text())["timing"]
         assert timing["train_seconds"] > 0 and timing["extract_images_per_s"] > 0
@@ -52,6 +54,30 @@ def test_repro_writes_metrics_plots_and_comparison_for_every_model(repo):
     table = (repo / "metrics" / "compare" / "compare.md").read_text()
     assert table.count("NOT pretrained") >= 2 and "efficientnet_lite0 | ImageNet" in table
     assert (repo / "plots" / "compare" / "accuracy_vs_time.png").is_file()
+
+
+def test_every_model_has_intervals_calibration_abundance_and_cross_validation(repo):
+    repo, _, _ = repo
+    table = (repo / "metrics" / "compare" / "compare.md").read_text()
+    pairs = json.loads((repo / "metrics" / "compare" / "pairs.json").read_text())
+    assert len(pairs) == 3 and table.count("McNemar p") == 3
+    for name in MODELS:
+        m = metrics(repo, name)
+        for split in ("val", "test"):
+            for key in ("accuracy", "balanced_accuracy", "macro_f1"):
+                assert m[split][f"{key}_lo"] <= m[split][key] <= m[split][f"{key}_hi"], (name, split, key)
+        shown = f"{100 * m['test']['accuracy']:.1f} [{100 * m['test']['accuracy_lo']:.1f}, " \
+                f"{100 * m['test']['accuracy_hi']:.1f}]"
+        assert shown in table.split("\n## ")[0]  # in the main table
+        c = m["calibration"]
+        assert c["val_loss_after"] <= c["val_loss_before"] and c["temperature"] > 0
+        assert {"test_ece_before", "test_ece_after", "test_loss_before", "test_loss_after"} <= set(c)
+        assert set(m["abundance"]) == {"classify_count_error", "adjusted_count_error"}
+        cv = json.loads((repo / "metrics" / "crossval" / f"{name}.json").read_text())[name]["crossval"]
+        assert (cv["folds"], cv["repeats"]) == (2, 1)
+        assert f"| {name} | {100 * cv['accuracy_mean']:.1f} ± " in table
+        assert (repo / "plots" / "abundance" / f"{name}.png").stat().st_size > 5000
+    assert (repo / "plots" / "compare" / "intervals.png").stat().st_size > 5000
 
 
 def test_report_names_every_rejected_and_converted_file(repo):
@@ -90,19 +116,44 @@ def test_plots_show_renders_curves_and_confusion_matrices(repo):
         assert image["type"] == "image"
         (trade_off,) = data[f"metrics/thresholds/{name}.csv"]
         assert trade_off["type"] == "vega" and trade_off["content"]["data"]["values"]
+        (reliability,) = data[f"plots/calibration/{name}.json"]
+        series = {r["series"] for r in reliability["content"]["data"]["values"]}
+        assert {"before (T = 1)", "perfectly calibrated"} <= series
+        assert data[f"plots/calibration/{name}_reliability.png"][0]["type"] == "image"
+    for plot in ("train_loss", "validation_loss", "validation_accuracy"):  # top-level: every model in one chart
+        (overlay,) = data[plot]
+        values = overlay["content"]["data"]["values"]
+        assert {r["series"] for r in values} == set(MODELS)
+        assert sum(r["series"] == "vgg11" for r in values) == metrics(repo, "vgg11")["epochs"]
+    assert data["plots/compare/intervals.png"][0]["type"] == "image"
 
 
-def test_changing_the_learning_rate_reruns_only_train_evaluate_compare(repo):
+def test_changing_the_learning_rate_reruns_only_train_evaluate_crossval_compare(repo):
     repo, _, _ = repo
     exp = run(repo, "dvc", "exp", "run", "-S", "train.lr=0.01")
-    ran = stages_run(exp.stdout)
-    assert sorted(ran) == sorted([f"{s}@{m}" for s in ("train", "evaluate") for m in MODELS] + ["compare"])
+    ran = stages_run(exp.stdout)  # cross-validation uses the train stage's protocol, so it runs again too
+    assert sorted(ran) == sorted([f"{s}@{m}" for s in ("train", "evaluate", "crossval") for m in MODELS] + ["compare"])
     shown = json.loads(run(repo, "dvc", "exp", "show", "--json").stdout)
     text = json.dumps(shown)
     for name in MODELS:
         assert f'"{name}"' in text and '"test"' in text
     run(repo, "git", "checkout", "--", ".")
     run(repo, "dvc", "checkout", "-q")
+
+
+def test_changing_crossval_params_reruns_only_crossval_and_compare(repo):
+    repo, _, _ = repo
+    exp = run(repo, "dvc", "exp", "run", "-S", "crossval.folds=3")
+    try:
+        assert sorted(stages_run(exp.stdout)) == sorted([f"crossval@{m}" for m in MODELS] + ["compare"])
+        table = (repo / "metrics" / "compare" / "compare.md").read_text()
+        assert "3-fold stratified cross-validation" in table
+        for name in MODELS:
+            cv = json.loads((repo / "metrics" / "crossval" / f"{name}.json").read_text())[name]["crossval"]
+            assert cv["folds"] == 3 and f"| {name} | {100 * cv['accuracy_mean']:.1f} ± " in table
+    finally:
+        run(repo, "git", "checkout", "--", ".")
+        run(repo, "dvc", "checkout", "-q")
 
 
 def test_on_missing_error_stops_before_any_compute_with_a_clear_message(repo):
@@ -217,7 +268,9 @@ def leaves(tree, prefix=""):
 def test_metric_files_hold_only_numbers_and_the_pretrained_flag(repo):
     repo, _, _ = repo
     files = [repo / "metrics" / "filter.json", repo / "metrics" / "split.json",
-             *sorted((repo / "metrics" / "evaluate").glob("*.json"))]
+             *sorted((repo / "metrics" / "evaluate").glob("*.json")),
+             *sorted((repo / "metrics" / "crossval").glob("*.json"))]
+    assert len(files) == 2 + 2 * len(MODELS)
     for path in files:
         for key, value in leaves(json.loads(path.read_text())):
             assert isinstance(value, (int, float)), (path.name, key, value)

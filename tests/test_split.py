@@ -18,8 +18,9 @@ def manifest(counts: dict[str, int], split: str = "") -> pd.DataFrame:
     rows = []
     for label, (name, n) in enumerate(sorted(counts.items())):
         for i in range(n):
+            digest = hashlib.sha256(f"{name}{i}".encode()).hexdigest()
             rows.append({"path": f"{name}/{i}.jpg", "class": name, "label": label, "split": split,
-                         "sha256": hashlib.sha256(f"{name}{i}".encode()).hexdigest(), "width": 9, "height": 9})
+                         "sha256": digest, "width": 9, "height": 9, "phash": digest[:16]})
     return pd.DataFrame(rows)
 
 
@@ -77,7 +78,11 @@ def test_stage_main(tmp_path):
     m.to_csv(tmp_path / "manifest.csv", index=False)
     params = write_params(tmp_path / "params.yaml")
     split_stage.main(["--manifest", str(tmp_path / "manifest.csv"), "--out-dir", str(tmp_path / "split"),
-                      "--metrics", str(tmp_path / "split.json"), "--params", str(params)])
-    assert json.loads((tmp_path / "split.json").read_text()) == {"sizes": {"train": 16, "val": 2, "test": 2}}
+                      "--metrics", str(tmp_path / "split.json"), "--report", str(tmp_path / "report.json"),
+                      "--near-duplicates", str(tmp_path / "pairs.csv"), "--params", str(params)])
+    metrics = json.loads((tmp_path / "split.json").read_text())
+    assert metrics["sizes"] == {"train": 16, "val": 2, "test": 2}
+    assert metrics["leakage"]["near_duplicate_pairs"] == 0 and metrics["fraction_difference"] == 0.0
     test = pd.read_csv(tmp_path / "split" / "test.csv", keep_default_na=False)
-    assert set(test["split"]) == {"test"} and list(test.columns) == list(m.columns)
+    assert set(test["split"]) == {"test"} and list(test.columns) == [*m.columns, "group"]
+    assert (test["group"] == "").all()  # split.group: none

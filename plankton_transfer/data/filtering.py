@@ -19,8 +19,9 @@ from plankton_transfer.data.validation import validate_files
 from plankton_transfer.errors import UserError
 from plankton_transfer.params import EcotaxaParams, FilterParams, ImageParams
 
-# format and converted tell the extract stage which files GPU JPEG decoding can take as they are
-MANIFEST_COLUMNS = ["path", "class", "label", "split", "sha256", "width", "height", "format", "converted"]
+# format and converted tell the extract stage which files GPU JPEG decoding can take as they are;
+# phash (perceptual hash) lets the split stage find near-duplicates (plankton_transfer/data/leakage.py)
+MANIFEST_COLUMNS = ["path", "class", "label", "split", "sha256", "width", "height", "format", "converted", "phash"]
 
 
 @dataclasses.dataclass
@@ -48,7 +49,7 @@ def build_manifest(kept: list[tuple[Candidate, ImageCheck]]) -> pd.DataFrame:
     label_of = {name: i for i, name in enumerate(classes)}
     rows = [
         (c.path, c.label_name, label_of[c.label_name], c.split, chk.sha256, chk.width, chk.height, chk.format,
-         bool(chk.conversions))
+         bool(chk.conversions), chk.phash)
         for c, chk in kept
     ]
     return pd.DataFrame(rows, columns=MANIFEST_COLUMNS)

@@ -29,6 +29,7 @@ import warnings
 from pathlib import Path
 from typing import BinaryIO
 
+import imagehash
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
@@ -62,6 +63,7 @@ class ImageCheck:
     width: int = 0
     height: int = 0
     format: str = ""  # Pillow's name of the file format (JPEG, PNG, TIFF, ...)
+    phash: str = ""  # perceptual hash (16 hex digits), for near-duplicates across splits
 
 
 def is_image_name(name: str) -> bool:
@@ -84,7 +86,13 @@ def check_image(path: str | Path, cfg: ImageParams) -> ImageCheck:
     except OSError as err:  # permissions, a file vanishing, an I/O error on a failing disk
         return ImageCheck(sha256="", ok=False, reason=f"unreadable file: {err.strerror or err}", kind="unreadable file")
     return ImageCheck(sha256=digest, ok=True, conversions=tuple(conversions), width=img.width, height=img.height,
-                      format=fmt)
+                      format=fmt, phash=perceptual_hash(img))
+
+
+def perceptual_hash(img: Image.Image) -> str:
+    """imagehash's 64-bit DCT hash of the decoded image: resized or re-encoded copies of an image
+    differ from it in a few bits only (plankton_transfer/data/leakage.py)."""
+    return str(imagehash.phash(img))
 
 
 def file_sha256(f: BinaryIO) -> str:

@@ -5,6 +5,10 @@ name, after sorting its images by content hash: the split does not depend on fil
 and adding a class leaves the other classes' splits unchanged. A dataset that came with
 split folders keeps them; a missing val or test split is carved out of train.
 Content hashes are unique after the filter stage, so no image is in two splits.
+
+With ``split.group`` whole groups of related images are placed instead
+(plankton_transfer/data/grouping.py), and near-duplicates in different splits are reported
+(plankton_transfer/data/split_checks.py).
 """
 from __future__ import annotations
 
@@ -18,7 +22,7 @@ from plankton_transfer.errors import UserError
 from plankton_transfer.params import SplitParams
 
 SPLITS = ("train", "val", "test")
-TEXT_COLUMNS = {"path": str, "class": str, "split": str, "sha256": str}  # a class folder '007' stays '007'
+TEXT_COLUMNS = {"path": str, "class": str, "split": str, "sha256": str, "phash": str, "group": str}  # '007' stays '007'
 
 
 def read_manifest(path: Path) -> pd.DataFrame:
@@ -63,8 +67,13 @@ def assign_splits(manifest: pd.DataFrame, fractions: SplitParams, seed: int) -> 
 
 
 def split_manifest(manifest: pd.DataFrame, fractions: SplitParams, seed: int) -> dict[str, pd.DataFrame]:
+    """The three splits, each with the manifest's columns plus an empty ``group``."""
     manifest = manifest.reset_index(drop=True)  # assign_splits addresses rows by index label
-    split = assign_splits(manifest, fractions, seed)
+    return parts_of(manifest.assign(group=""), assign_splits(manifest, fractions, seed))
+
+
+def parts_of(manifest: pd.DataFrame, split: pd.Series) -> dict[str, pd.DataFrame]:
+    """The rows of each split, checked: no split empty, no image content in two splits."""
     parts = {s: manifest[split == s].assign(split=s).reset_index(drop=True) for s in SPLITS}
     for s, part in parts.items():
         if part.empty:

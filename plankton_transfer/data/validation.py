@@ -22,9 +22,9 @@ from plankton_transfer.errors import UserError
 from plankton_transfer.files import atomic_path
 from plankton_transfer.data.images import ImageCheck, ImageParams, check_image
 
-RULES_VERSION = "3"  # bump when data/images.py changes a verdict, to invalidate caches
+RULES_VERSION = "4"  # bump when data/images.py changes a verdict, to invalidate caches (4: perceptual hash)
 CACHE_COLUMNS = ["path", "size", "mtime_ns", "inode", "fingerprint", "sha256", "ok", "reason", "kind",
-                 "conversions", "width", "height", "format"]
+                 "conversions", "width", "height", "format", "phash"]
 
 
 def validate_files(
@@ -64,8 +64,8 @@ def read_cache(cache_file: Path | None, fingerprint: str) -> dict[tuple, ImageCh
     if cache_file is None or not cache_file.is_file():
         return {}
     try:
-        frame = pd.read_csv(cache_file, dtype={"reason": str, "kind": str, "conversions": str, "format": str},
-                            keep_default_na=False)
+        frame = pd.read_csv(cache_file, dtype={"reason": str, "kind": str, "conversions": str, "format": str,
+                                               "phash": str}, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError):
         return {}  # a damaged cache only costs time: every file is checked again
     if list(frame.columns) != CACHE_COLUMNS:
@@ -77,6 +77,7 @@ def read_cache(cache_file: Path | None, fingerprint: str) -> dict[tuple, ImageCh
         out[(row.path, row.size, row.mtime_ns, row.inode)] = ImageCheck(
             sha256=row.sha256, ok=bool(row.ok), reason=row.reason, kind=row.kind,
             conversions=conversions, width=int(row.width), height=int(row.height), format=row.format,
+            phash=row.phash,
         )
     return out
 
@@ -84,7 +85,7 @@ def read_cache(cache_file: Path | None, fingerprint: str) -> dict[tuple, ImageCh
 def write_cache(cache_file: Path, fingerprint: str, entries: dict[str, tuple[tuple, ImageCheck]]) -> None:
     rows = [
         (p, *sig, fingerprint, c.sha256, c.ok, c.reason, c.kind, " | ".join(c.conversions), c.width, c.height,
-         c.format)
+         c.format, c.phash)
         for p, (sig, c) in entries.items()
     ]
     try:

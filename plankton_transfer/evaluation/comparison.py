@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from plankton_transfer.errors import UserError
+from plankton_transfer.evaluation.comparison_stats import uncertainty_fields
 from plankton_transfer.files import read_json
 
 STUDY_NOTE = (
@@ -34,29 +35,40 @@ def comparison_rows(models: list[str], metrics_dir: Path, runs_dir: Path) -> lis
             "test_macro_f1": m["test"]["macro_f1"],
             "parameters": m["parameters"],
             "weights": weights["description"],
+            **uncertainty_fields(m),
         })
     return rows
 
 
+def with_interval(row: dict, key: str) -> str:
+    """``90.0 [59.6, 98.2]`` (percent), or the bare value when the metrics have no interval."""
+    if f"{key}_lo" not in row:
+        return f"{100 * row[key]:.2f}"
+    return f"{100 * row[key]:.1f} [{100 * row[f'{key}_lo']:.1f}, {100 * row[f'{key}_hi']:.1f}]"
+
+
 def markdown_table(rows: list[dict]) -> str:
     header = ("| Model | Weights | Val accuracy (%) | Cross-entropy | Epochs | Time (s) | Test accuracy (%) "
-              "| Top-5 (%) | Macro-F1 | Parameters |")
-    lines = [header, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+              "| Balanced accuracy (%) | Macro-F1 (%) | Top-5 (%) | Parameters |")
+    lines = [header, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         weights = r["weights"] if r["pretrained"] else f"**{r['weights']}**"
         lines.append(
-            f"| {r['model']} | {weights} | {100 * r['val_accuracy']:.2f} | {r['val_loss']:.4f} | {r['epochs']} "
-            f"| {r['total_seconds']:.1f} | {100 * r['test_accuracy']:.2f} | {100 * r['test_top5']:.2f} "
-            f"| {r['test_macro_f1']:.4f} | {r['parameters'] / 1e6:.1f} M |"
+            f"| {r['model']} | {weights} | {with_interval(r, 'val_accuracy')} | {r['val_loss']:.4f} | {r['epochs']} "
+            f"| {r['total_seconds']:.1f} | {with_interval(r, 'test_accuracy')} "
+            f"| {with_interval(r, 'test_balanced_accuracy')} | {with_interval(r, 'test_macro_f1')} "
+            f"| {100 * r['test_top5']:.2f} | {r['parameters'] / 1e6:.1f} M |"
         )
     return "\n".join(lines) + "\n"
 
 
-def report_markdown(rows: list[dict]) -> str:
+def report_markdown(rows: list[dict], sections: list[str] = ()) -> str:
+    """The table, its notes, then ``sections`` (markdown, e.g. from comparison_stats.py)."""
     text = "# Model comparison\n\n" + markdown_table(rows)
     text += "\nTime: feature extraction (each image through the frozen backbone once) plus head training.\n"
     if not all(r["pretrained"] for r in rows):
         text += ("\n**Models marked NOT pretrained ran with randomly initialised backbones** because their ImageNet "
                  "weights were not available (see README, 'Pretrained weights'); their numbers are not comparable "
                  "with the study's.\n")
-    return text + f"\n{STUDY_NOTE}\n"
+    text += f"\n{STUDY_NOTE}\n"
+    return text + "".join(f"\n{section.strip()}\n" for section in sections)

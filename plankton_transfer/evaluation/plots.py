@@ -47,9 +47,13 @@ def plot_confusion(cm: np.ndarray, classes: list[str], title: str, path: Path) -
 def plot_accuracy_vs_time(rows: list[dict], path: Path) -> None:
     """One point per model: test accuracy against the pipeline's seconds (extract + train)."""
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    for row in rows:
+    for i, row in enumerate(rows):
         marker = "o" if row["pretrained"] else "x"
-        ax.scatter(row["total_seconds"], row["test_accuracy"], marker=marker, s=60)
+        ax.scatter(row["total_seconds"], row["test_accuracy"], marker=marker, s=60, color=f"C{i}")
+        if "test_accuracy_lo" in row:  # the Wilson interval, as an error bar
+            ax.errorbar(row["total_seconds"], row["test_accuracy"], capsize=4, fmt="none", alpha=0.6, color=f"C{i}",
+                        yerr=[[row["test_accuracy"] - row["test_accuracy_lo"]],
+                              [row["test_accuracy_hi"] - row["test_accuracy"]]])
         label = row["model"] + ("" if row["pretrained"] else " (NOT pretrained)")
         ax.annotate(label, (row["total_seconds"], row["test_accuracy"]), textcoords="offset points", xytext=(6, 4))
     ax.set_xscale("log")
@@ -57,5 +61,6 @@ def plot_accuracy_vs_time(rows: list[dict], path: Path) -> None:
     ax.set_ylabel("test accuracy")
     ax.set_ylim(0, 1.05)
     ax.grid(alpha=0.3)
-    ax.set_title("Test accuracy against time per backbone")
+    ax.set_title("Test accuracy (bars: Wilson interval) against time per backbone"
+                 if rows and "test_accuracy_lo" in rows[0] else "Test accuracy against time per backbone")
     save_figure(fig, path)

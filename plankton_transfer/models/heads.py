@@ -134,8 +134,20 @@ def load_model_file(path) -> dict:
     return record
 
 
-def head_probabilities(record: dict, features: np.ndarray) -> np.ndarray:
-    """Class probabilities of a model file's trained head for (N, D) feature rows."""
+def head_logits(record: dict, features: np.ndarray) -> np.ndarray:
+    """Raw scores (logits) of a model file's trained head for (N, D) feature rows."""
     weight = record["head"]["weight"].numpy()
     bias = record["head"]["bias"].numpy()
-    return softmax(np.asarray(features, dtype=np.float32) @ weight.T + bias, axis=1)
+    return np.asarray(features, dtype=np.float32) @ weight.T + bias
+
+
+def head_temperature(record: dict) -> float:
+    """The temperature fitted on the validation set by the train stage (1: a file without one)."""
+    return float((record.get("calibration") or {}).get("temperature", 1.0))
+
+
+def head_probabilities(record: dict, features: np.ndarray, calibrated: bool = True) -> np.ndarray:
+    """Class probabilities of a model file's trained head for (N, D) feature rows: temperature-scaled
+    (plankton_transfer/evaluation/calibration.py) unless ``calibrated=False``; the arg-max is the same."""
+    temperature = head_temperature(record) if calibrated else 1.0
+    return softmax(head_logits(record, features) / np.float32(temperature), axis=1)

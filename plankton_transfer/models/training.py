@@ -11,7 +11,8 @@ import torch
 from tqdm import tqdm
 
 from plankton_transfer.data.features import load_meta, load_split
-from plankton_transfer.models.heads import FitResult, LinearHeads, fit, make_optimizer
+from plankton_transfer.evaluation.calibration import fit_temperature
+from plankton_transfer.models.heads import FitResult, LinearHeads, fit, head_logits, make_optimizer
 from plankton_transfer.params import TrainParams
 from plankton_transfer.runtime import environment, resolve_device, seed_everything, use_deterministic_algorithms
 
@@ -72,3 +73,12 @@ def model_record(result: FitResult, k: int, meta: dict, cfg: TrainParams, seed: 
             "environment": environment(resolve_device(cfg.device)),
         },
     }
+
+
+def calibration_record(record: dict, features: Path) -> dict:
+    """Temperature scaling of the chosen head, fitted on the validation split (never the test
+    split): stored in the model file as ``record["calibration"]`` and applied by
+    ``head_probabilities`` wherever probabilities are reported."""
+    x, y = load_split(features, "val")
+    fitted = fit_temperature(head_logits(record, np.asarray(x)), y)
+    return {**fitted, "method": "temperature scaling: validation cross-entropy minimised, weak prior on log T"}

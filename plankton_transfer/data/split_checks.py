@@ -1,0 +1,49 @@
+"""The split stage's work: split (grouped as ``split.group`` asks), then check for leakage.
+
+Whatever the grouping, near-duplicate images in different splits are listed with both paths
+(plankton_transfer/data/leakage.py), and the realised fractions are set against the asked
+ones (plankton_transfer/data/grouping.py), so a reader sees how far the test set can be trusted.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import pandas as pd
+
+from plankton_transfer.data.grouping import (assign_grouped_splits, fraction_report, group_ids,
+                                             groups_in_several_splits)
+from plankton_transfer.data.leakage import cross_split_pairs, leakage_counts
+from plankton_transfer.data.splitting import parts_of, split_manifest
+from plankton_transfer.errors import UserError
+from plankton_transfer.params import SplitParams
+
+
+@dataclasses.dataclass
+class SplitResult:
+    parts: dict[str, pd.DataFrame]
+    near_duplicates: pd.DataFrame  # near-duplicate pairs across splits, both paths
+    report: dict  # grouping, asked against realised fractions, leakage counts
+    metrics: dict  # numbers only, for `dvc metrics`
+
+
+def split_and_check(manifest: pd.DataFrame, fractions: SplitParams, seed: int) -> SplitResult:
+    """Split (grouped as ``split.group`` asks), then look for near-duplicates across the splits."""
+    if "phash" not in manifest:
+        raise UserError("the manifest has no phash column (perceptual hashes); re-run the filter stage (dvc repro)")
+    manifest = manifest.reset_index(drop=True)
+    groups, grouping = group_ids(manifest, fractions)
+    if groups is None:
+        parts = split_manifest(manifest, fractions, seed)
+    else:
+        parts = parts_of(manifest.assign(group=groups), assign_grouped_splits(manifest, fractions, seed, groups))
+    everything = pd.concat(parts.values(), ignore_index=True)
+    pairs = cross_split_pairs(everything, fractions.near_duplicate_distance)
+    leakage = leakage_counts(pairs)
+    fractions_seen = fraction_report(everything["split"], everything, fractions)
+    grouping["groups_in_several_splits"] = groups_in_several_splits(
+        everything["split"], None if groups is None else everything["group"])
+    report = {"grouping": grouping, "fractions": fractions_seen,
+              "near_duplicates": {"max_distance": fractions.near_duplicate_distance, **leakage}}
+    metrics = {"sizes": {name: len(part) for name, part in parts.items()},
+               "leakage": leakage, "fraction_difference": fractions_seen["largest_difference"]}
+    return SplitResult(parts, pairs, report, metrics)

@@ -1,0 +1,75 @@
+"""Figures for the numbers with uncertainty: reliability diagrams, abundance bars, intervals."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from plankton_transfer.evaluation.plots import plt, save_figure
+
+
+def plot_reliability(bins: dict[str, pd.DataFrame], temperature: float, title: str, path: Path) -> None:
+    """Accuracy against confidence per bin, before and after temperature scaling; the diagonal is
+    a perfectly calibrated model. Marker area grows with the bin's number of images."""
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfectly calibrated")
+    styles = {"before": ("tab:red", "before (T = 1)"), "after": ("tab:blue", f"after (T = {temperature:.3g})")}
+    for name, table in bins.items():
+        used = table[table["images"] > 0]
+        colour, label = styles[name]
+        ax.plot(used["confidence"], used["accuracy"], color=colour, alpha=0.6)
+        ax.scatter(used["confidence"], used["accuracy"], s=20 + 12 * used["images"], color=colour, label=label,
+                   alpha=0.8)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("confidence (top probability), bin mean")
+    ax.set_ylabel("accuracy in the bin")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", fontsize=8)
+    ax.set_title(title, fontsize=10)
+    save_figure(fig, path)
+
+
+def plot_abundance(table: pd.DataFrame, errors: dict[str, float], title: str, path: Path) -> None:
+    """True, predicted (classify and count) and adjusted counts per class, side by side."""
+    n = len(table)
+    x = np.arange(n)
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.6 * n + 3), 4.5))
+    for offset, column, colour in ((-0.27, "true", "black"), (0.0, "predicted", "tab:orange"),
+                                   (0.27, "adjusted", "tab:blue")):
+        label = {"true": "true", "predicted": f"classify and count (error {errors['classify_count_error']:.3f})",
+                 "adjusted": f"adjusted count (error {errors['adjusted_count_error']:.3f})"}[column]
+        ax.bar(x + offset, table[column], width=0.26, color=colour, label=label, alpha=0.85)
+    ax.set_xticks(x, table["class"], rotation=45, ha="right", rotation_mode="anchor", fontsize=8)
+    ax.set_ylabel("test images")
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_title(title, fontsize=10)
+    save_figure(fig, path)
+
+
+METRICS = (("test_accuracy", "accuracy"), ("test_balanced_accuracy", "balanced accuracy"),
+           ("test_macro_f1", "macro-F1"))
+
+
+def plot_intervals(rows: list[dict], confidence: float, path: Path) -> None:
+    """Per model: test accuracy, balanced accuracy and macro-F1 with their intervals, and the
+    cross-validated accuracy (mean +- standard deviation over folds) where there is one."""
+    fig, ax = plt.subplots(figsize=(max(6.5, 1.6 * len(rows) + 3), 4.5))
+    width = 0.8 / (len(METRICS) + 1)
+    for i, row in enumerate(rows):
+        for j, (key, label) in enumerate(METRICS):
+            value, low, high = row[key], row[f"{key}_lo"], row[f"{key}_hi"]
+            ax.errorbar(i + (j - 1.5) * width, value, yerr=[[value - low], [high - value]], fmt="o", capsize=4,
+                        color=f"C{j}", label=label if i == 0 else None)
+        if row.get("cv_accuracy_mean") is not None:
+            ax.errorbar(i + 1.5 * width, row["cv_accuracy_mean"], yerr=row["cv_accuracy_std"], fmt="s", capsize=4,
+                        color="C3", label="cross-validated accuracy (mean ± sd)" if i == 0 else None)
+    ax.set_xticks(range(len(rows)), [r["model"] + ("" if r["pretrained"] else "\n(NOT pretrained)") for r in rows])
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("score on the test split")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title(f"Test metrics with {100 * confidence:g} % intervals per backbone", fontsize=10)
+    save_figure(fig, path)
