@@ -234,10 +234,12 @@ class StatsParams:
     """``stats``: how uncertainty and calibration are reported (evaluate, crossval, compare)."""
 
     confidence: float = 0.95
+    interval_method: str = "posterior"
     resamples: int = 2000
     calibration_bins: int = 15
 
     def __post_init__(self) -> None:
+        check_choice("stats.interval_method", self.interval_method, ("posterior", "bootstrap"))
         check_range("stats.confidence", self.confidence, 0, 1, low_open=True)
         if self.confidence >= 1:
             raise UserError(f"params.yaml: stats.confidence is {self.confidence}; it must be below 1, e.g. 0.95")

@@ -3,15 +3,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from scipy.stats import beta
+from scipy.stats import beta, binom
 from sklearn import metrics as skm
 
 from plankton_transfer.evaluation.abundance import abundance_table, adjusted_proportions, proportion_error
 from plankton_transfer.evaluation.calibration import (cross_entropy, expected_calibration_error, fit_temperature,
                                                       reliability_table)
-from plankton_transfer.evaluation.intervals import (balanced_accuracy_of, central_interval, confusion_counts,
-                                                    macro_f1_of, metric_intervals, posterior_metrics,
-                                                    resample_indices, wilson_interval)
+from plankton_transfer.evaluation.intervals import (balanced_accuracy_of, bootstrap_metrics, central_interval,
+                                                    confusion_counts, macro_f1_of, metric_intervals,
+                                                    posterior_metrics, resample_indices, wilson_interval)
 from plankton_transfer.evaluation.paired import compare_pairs, pair_sentence, paired_difference
 
 
@@ -76,6 +76,19 @@ def test_with_many_images_per_class_the_interval_agrees_with_a_stratified_bootst
         low, high = np.quantile(metric(counts), [0.025, 0.975])
         assert out[f"{name}_lo"] == pytest.approx(low, abs=0.012)
         assert out[f"{name}_hi"] == pytest.approx(high, abs=0.012)
+
+
+def test_the_stratified_bootstrap_of_one_class_is_its_binomial():
+    """One class of 20 test images, 15 right: a resample's recall is Binomial(20, 0.75) / 20, so the
+    bootstrap's percentile interval is that binomial's quantiles (the known answer)."""
+    y_true, y_pred = np.zeros(20, int), np.array([0] * 15 + [1] * 5)
+    values = bootstrap_metrics(y_true, y_pred, 2, n_resamples=40000, seed=1)["balanced_accuracy"]
+    assert central_interval(values, 0.95) == tuple(binom.ppf([0.025, 0.975], 20, 0.75) / 20)  # 0.55, 0.9
+    assert values.mean() == pytest.approx(0.75, abs=0.003)
+    out = metric_intervals(y_true, y_pred, 2, 0.95, 4000, seed=1, method="bootstrap")
+    assert (out["balanced_accuracy_lo"], out["balanced_accuracy_hi"]) == (0.55, 0.9)
+    one_each = metric_intervals(np.arange(6), np.arange(6), 6, 0.95, 500, seed=0, method="bootstrap")
+    assert one_each["balanced_accuracy_lo"] == one_each["balanced_accuracy_hi"] == 1.0  # why posterior is the default
 
 
 def test_a_perfect_classifier_gets_an_interval_ending_at_100_percent():

@@ -70,11 +70,16 @@ def pair_rows(models: list[str], predictions_dir: Path, cfg: StatsParams, seed: 
 
 
 def intervals_note(cfg: StatsParams, seed: int) -> str:
+    if cfg.interval_method == "bootstrap":
+        simulated = (f"the stratified bootstrap (each class's test images resampled within the class; {cfg.resamples} "
+                     f"resamples, seed {seed}), which cannot vary a class with one test image")
+    else:
+        simulated = ("central interval of each class's confusion rates drawn from their posterior given its test "
+                     f"images (Dirichlet, Jeffreys prior; {cfg.resamples} draws, seed {seed}), which stays honest for "
+                     "classes with one or two test images, where a bootstrap cannot vary (stats.interval_method)")
     return (f"Intervals: {100 * cfg.confidence:g} %. Accuracy: Wilson score interval. Balanced accuracy and "
-            "macro-F1: central interval of each class's confusion rates drawn from their posterior given its test "
-            f"images (Dirichlet, Jeffreys prior; {cfg.resamples} draws, seed {seed}), which stays honest for classes "
-            "with one or two test images, where a bootstrap cannot vary. Cross-entropy: the head's validation "
-            "cross-entropy before temperature scaling, as the study reports it.")
+            f"macro-F1: {simulated}. Cross-entropy: the head's validation cross-entropy before temperature scaling, "
+            "as the study reports it.")
 
 
 def pairs_section(pairs: list[dict], cfg: StatsParams, n_models: int) -> str:

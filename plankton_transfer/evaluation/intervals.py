@@ -2,7 +2,9 @@
 
 - accuracy: the Wilson score interval (statsmodels ``proportion_confint``), which stays inside
   0..1 and keeps its coverage at n = 10, where the normal approximation does neither;
-- balanced accuracy and macro-F1: a seeded, stratified simulation. Each class's row of the
+- balanced accuracy and macro-F1 (``stats.interval_method``): ``posterior`` (default), a seeded,
+  stratified simulation, or ``bootstrap``, the seeded stratified bootstrap (each class's test
+  images resampled with replacement within the class). ``posterior``: Each class's row of the
   confusion matrix (where that class's test images went) is drawn from its posterior given
   those images, a Dirichlet with a Jeffreys prior (half an image on "right", half an image
   spread over the wrong classes, so that the class's recall is Jeffreys' Beta(k + 1/2,
@@ -100,9 +102,33 @@ def posterior_metrics(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int, n_
     return {"balanced_accuracy": np.concatenate(balanced), "macro_f1": np.concatenate(f1)}
 
 
+def bootstrap_metrics(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int, n_resamples: int,
+                      seed: int) -> dict[str, np.ndarray]:
+    """Balanced accuracy and macro-F1 of every stratified bootstrap resample.
+
+    Resampling a class's n_c test images with replacement draws its row of the confusion matrix
+    from Multinomial(n_c, its observed row / n_c); drawing the rows directly is the same
+    bootstrap without materialising index arrays.
+    """
+    counts = confusion_counts(y_true, y_pred, n_classes)
+    support = counts.sum(axis=1)
+    rng = np.random.default_rng(seed)
+    chunk = max(1, CHUNK_CELLS // (n_classes * n_classes))
+    balanced, f1 = [], []
+    for start in range(0, n_resamples, chunk):
+        size = min(chunk, n_resamples - start)
+        draws = np.zeros((size, n_classes, n_classes))
+        for c in np.flatnonzero(support > 0):
+            draws[:, c, :] = rng.multinomial(int(support[c]), counts[c] / support[c], size=size)
+        balanced.append(balanced_accuracy_of(draws))
+        f1.append(macro_f1_of(draws))
+    return {"balanced_accuracy": np.concatenate(balanced), "macro_f1": np.concatenate(f1)}
+
+
 def metric_intervals(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int, confidence: float,
-                     n_draws: int, seed: int) -> dict[str, float]:
-    """``accuracy_lo/hi`` (Wilson), ``balanced_accuracy_lo/hi`` and ``macro_f1_lo/hi`` (posterior draws)."""
+                     n_draws: int, seed: int, method: str = "posterior") -> dict[str, float]:
+    """``accuracy_lo/hi`` (Wilson), ``balanced_accuracy_lo/hi`` and ``macro_f1_lo/hi`` (``method``:
+    posterior draws, or the stratified bootstrap)."""
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
     low, high = wilson_interval(int((y_true == y_pred).sum()), len(y_true), confidence)
     out = {"accuracy_lo": low, "accuracy_hi": high}
@@ -111,7 +137,8 @@ def metric_intervals(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int, con
     observed_counts = confusion_counts(y_true, y_pred, n_classes)[None]
     observed = {"balanced_accuracy": float(balanced_accuracy_of(observed_counts)[0]),
                 "macro_f1": float(macro_f1_of(observed_counts)[0])}
-    for name, values in posterior_metrics(y_true, y_pred, n_classes, n_draws, seed).items():
+    simulate = bootstrap_metrics if method == "bootstrap" else posterior_metrics
+    for name, values in simulate(y_true, y_pred, n_classes, n_draws, seed).items():
         out[f"{name}_lo"], out[f"{name}_hi"] = central_interval(values, confidence, observed[name])
     return out
 

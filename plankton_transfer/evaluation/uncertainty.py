@@ -43,7 +43,7 @@ def assess(record: dict, features: Path, cfg: StatsParams, seed: int) -> Assessm
         logits[split] = head_logits(record, np.asarray(x))
     predicted = {split: logits[split].argmax(axis=1) for split in logits}
     intervals = {split: rounded(metric_intervals(labels[split], predicted[split], n_classes, cfg.confidence,
-                                                 cfg.resamples, seed)) for split in logits}
+                                                 cfg.resamples, seed, cfg.interval_method)) for split in logits}
     val = calibration_summary(logits["val"], labels["val"], temperature, cfg.calibration_bins)
     test = calibration_summary(logits["test"], labels["test"], temperature, cfg.calibration_bins)
     calibration = {"temperature": temperature, "val_loss_before": val["loss_before"],
