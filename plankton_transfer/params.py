@@ -26,6 +26,7 @@ T = TypeVar("T")
 PARAMS_FILE = Path("params.yaml")
 MODEL_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")  # also safe inside a shell command and a path
 PREPROCESS_MODES = ("pad", "crop")
+LAUNCHERS = ("none", "torchrun", "slurm")  # how the extract stage runs: plankton_transfer/launch.py
 
 
 def check_choice(name: str, value: Any, choices: tuple[Any, ...]) -> None:
@@ -138,8 +139,12 @@ class ExtractParams:
     device: str = "auto"
     dtype: str = "auto"
     decode: str = "auto"
+    launcher: str = "none"
+    nproc: int = 0
 
     def __post_init__(self) -> None:
+        check_choice("extract.launcher", self.launcher, LAUNCHERS)
+        check_range("extract.nproc", self.nproc, 0)
         check_choice("extract.preprocess", self.preprocess, PREPROCESS_MODES)
         check_choice("extract.dtype", self.dtype, ("auto", "fp32", "bf16"))
         check_choice("extract.decode", self.decode, ("auto", "cpu", "device"))

@@ -12,14 +12,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from plankton_transfer.data.features import SPLITS, feature_writer
-from plankton_transfer.data.loading import ImageFiles, decode_on_device, device_decodable, make_loader
+from plankton_transfer.data.features import SPLITS, join_shards, rows_writer
+from plankton_transfer.data.loading import ImageFiles, decode_on_device, default_workers, device_decodable, make_loader
 from plankton_transfer.data.preprocess import Normalize, TensorPreprocess, draft_size, make_transform
+from plankton_transfer.distributed import (Ranks, agree, current_ranks, kill_rank_for_tests, process_group,
+                                           rank_device, share, shared_output_folder)
 from plankton_transfer.errors import UserError
-from plankton_transfer.files import atomic_path, write_json
+from plankton_transfer.files import write_json
 from plankton_transfer.models.backbones import build_feature_extractor, count_parameters, get_backbone
 from plankton_transfer.models.backbones import resolve_backbone_weights
 from plankton_transfer.params import ExtractParams, ImageParams, PretrainedParams
@@ -34,7 +36,8 @@ def autocast_dtype(cfg: ExtractParams, device: torch.device) -> torch.dtype | No
 
 @torch.inference_mode()
 def extract_features(model, normalize, loader: DataLoader, writer, device: torch.device,
-                     dtype: torch.dtype | None, tensor_preprocess: TensorPreprocess | None = None) -> int:
+                     dtype: torch.dtype | None, tensor_preprocess: TensorPreprocess | None = None,
+                     after_batch=None) -> int:
     """One pass of ``loader`` through ``model``; rows go to ``writer``. Returns the row count."""
     offset = 0
     for images, errors, raw in tqdm(loader, desc="extract", unit="batch", mininterval=2.0):
@@ -48,6 +51,8 @@ def extract_features(model, normalize, loader: DataLoader, writer, device: torch
             feats = model(x)
         writer.write(offset, feats.float().cpu().numpy().astype(np.float16))
         offset += len(feats)
+        if after_batch is not None:
+            after_batch()
     return offset
 
 
@@ -58,12 +63,23 @@ def class_names(rows: pd.DataFrame) -> list[str]:
     return pairs["class"].tolist()
 
 
+def rank_workers(workers: int, device: torch.device, ranks: Ranks) -> int:
+    """DataLoader processes of one rank: ``extract.workers``, or with -1 the automatic count
+    divided among the ranks of the node (they share its cores)."""
+    return workers if workers >= 0 else max(1, default_workers(device) // ranks.local_world)
+
+
 def run_extraction(model_name: str, raw: Path, parts: dict[str, pd.DataFrame], out_dir: Path, cfg: ExtractParams,
-                   image_cfg: ImageParams, pretrained_cfg: PretrainedParams, seed: int) -> dict:
-    """Write ``out_dir`` (features, labels, meta.json) for backbone ``model_name``; returns the meta."""
+                   image_cfg: ImageParams, pretrained_cfg: PretrainedParams, seed: int) -> dict | None:
+    """Write ``out_dir`` (features, labels, meta.json) for backbone ``model_name``; returns the meta.
+
+    Under torchrun each rank extracts its share of the rows into its own shard; rank 0 joins
+    them, writes labels and meta.json, renames the folder into place and returns the meta
+    (the other ranks return None). The result is the one-process run's, row for row."""
     backbone = get_backbone(model_name)
     weights = resolve_backbone_weights(model_name, pretrained_cfg)  # before any compute: fails fast
-    device = resolve_device(cfg.device)
+    ranks = current_ranks()
+    device = rank_device(resolve_device(cfg.device), ranks)
     seed_everything(seed)
     use_deterministic_algorithms()
     model = build_feature_extractor(model_name, weights, seed).to(device).to(memory_format=torch.channels_last)
@@ -73,12 +89,24 @@ def run_extraction(model_name: str, raw: Path, parts: dict[str, pd.DataFrame], o
                          device_decodable(rows, cfg.decode, device))
     normalize = Normalize(backbone.preprocess.mean, backbone.preprocess.std).to(device)
     sizes = {s: len(parts[s]) for s in SPLITS}
-    with atomic_path(out_dir, directory=True) as tmp:
-        tmp.mkdir()
+    lo, hi = share(len(rows), cfg.batch_size, ranks)
+    with process_group(ranks, device) as group, shared_output_folder(out_dir, ranks, group) as tmp:
         start = time.perf_counter()
-        with feature_writer(tmp, sizes, backbone.feature_dim) as writer:
-            n = extract_features(model, normalize, make_loader(dataset, cfg.batch_size, cfg.workers, device), writer, device,
-                                 autocast_dtype(cfg, device), TensorPreprocess(backbone.preprocess, cfg.preprocess))
+        error = None
+        try:
+            with rows_writer(tmp, sizes, backbone.feature_dim, ranks.rank, ranks.world, lo, hi) as writer:
+                loader = make_loader(dataset if ranks.world == 1 else Subset(dataset, range(lo, hi)), cfg.batch_size,
+                                     rank_workers(cfg.workers, device, ranks), device)
+                n = extract_features(model, normalize, loader, writer, device, autocast_dtype(cfg, device),
+                                     TensorPreprocess(backbone.preprocess, cfg.preprocess), lambda: kill_rank_for_tests(ranks))
+                assert n == hi - lo, "every row of the share was written"
+        except UserError as err:
+            error = str(err)
+        agree(error, ranks, group)
+        if not ranks.leader:
+            return None
+        join_shards(tmp, sizes, backbone.feature_dim, [share(len(rows), cfg.batch_size, Ranks(r, ranks.world))
+                                                        for r in range(ranks.world)])
         seconds = time.perf_counter() - start
         for s in SPLITS:
             np.save(tmp / f"{s}_labels.npy", parts[s]["label"].to_numpy(dtype=np.int64))
@@ -93,9 +121,9 @@ def run_extraction(model_name: str, raw: Path, parts: dict[str, pd.DataFrame], o
             "classes": class_names(rows),
             "sizes": sizes,
             "seconds": round(seconds, 3),
-            "images_per_s": round(n / seconds, 1) if seconds > 0 else None,
+            "images_per_s": round(len(rows) / seconds, 1) if seconds > 0 else None,
             "decoded_on_device": int(sum(dataset.raw)),
-            "environment": environment(device),
+            "environment": {**environment(device), "processes": ranks.world},
         }
         write_json(tmp / "meta.json", meta)
     return meta
