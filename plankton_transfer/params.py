@@ -163,6 +163,7 @@ class TrainParams:
     max_epochs: int = 100
     patience: int = 20
     device: str = "auto"
+    features_on_device: str = "auto"
 
     @property
     def lrs(self) -> list[float]:
@@ -178,6 +179,7 @@ class TrainParams:
         check_range("train.batch_size", self.batch_size, 1)
         check_range("train.max_epochs", self.max_epochs, 1)
         check_range("train.patience", self.patience, 1)
+        check_choice("train.features_on_device", self.features_on_device, ("auto", "resident", "stream"))
 
 
 # params.yaml's sections and the dataclass that reads each; ``models`` is a plain list.

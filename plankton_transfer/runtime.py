@@ -38,6 +38,40 @@ def use_deterministic_algorithms() -> None:
     torch.backends.cudnn.benchmark = False
 
 
+def cgroup_free_bytes() -> int | None:
+    """Room left under this process's memory limit (a Slurm job's cgroup), if there is one."""
+    for limit_file, usage_file in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),  # cgroup v2
+                                   ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
+                                    "/sys/fs/cgroup/memory/memory.usage_in_bytes")):  # cgroup v1
+        try:
+            with open(limit_file) as f:
+                limit = f.read().strip()
+            with open(usage_file) as f:
+                usage = int(f.read().strip())
+        except (OSError, ValueError):
+            continue
+        if limit.isdigit() and int(limit) < 1 << 60:  # "max" or a huge number: no limit
+            return max(0, int(limit) - usage)
+    return None
+
+
+def free_memory(device: torch.device) -> int:
+    """Bytes that can still be allocated on ``device``: free GPU memory, or on CPU the
+    kernel's MemAvailable, capped by the cgroup limit (Slurm's --mem) where there is one."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    available = int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    limit = cgroup_free_bytes()
+    return available if limit is None else min(available, limit)
+
+
 def environment(device: torch.device) -> dict:
     """Library versions and hardware, recorded beside the metrics."""
     import torchvision

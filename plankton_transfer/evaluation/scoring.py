@@ -67,6 +67,7 @@ def run_record(record: dict, meta: dict) -> dict:
                    "extract_images_per_s": meta["images_per_s"]},
         "extract_environment": meta["environment"],
         "train_environment": training["environment"],
+        "train_features": training.get("features"),  # resident or streamed (model files before this: absent)
     }
 
 
