@@ -2,7 +2,8 @@
 
     python -m bench.peak_rss stages.extract --model alexnet ...
 
-Besides the kernel's high-water mark (``ru_maxrss``), a thread samples the resident size
+The peak is the kernel's high-water mark of this program (``VmHWM``: unlike ``ru_maxrss``, it
+starts afresh at exec, so a large parent process does not leak into it). A thread samples the resident size
 every half second, so the output shows *when* memory grew: the resident size at each
 quarter of the run, and the anonymous memory still held at the end (from
 ``/proc/self/status``: ``RssAnon``, what the allocator kept, as opposed to mapped files).
@@ -58,7 +59,7 @@ def main() -> None:
     sampler.done.set()
     to_mb = 1 / 1024  # ru_maxrss is in KiB on Linux
     print(json.dumps({
-        "self_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * to_mb, 1),
+        "self_mb": round(status_mb("VmHWM"), 1),
         "largest_child_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * to_mb, 1),
         "anon_at_end_mb": round(anon_end, 1),
         "rss_quarters_mb": sampler.quarters(),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -14,7 +15,8 @@ import pytest
 
 from plankton_transfer.distributed import Ranks, share
 from plankton_transfer.errors import UserError
-from plankton_transfer.launch import Launch, requested_launch, worker_command
+from plankton_transfer.launch import LAUNCHER_ENV, NPROC_ENV, Launch, requested_launch, worker_command
+from plankton_transfer.params import LAUNCHERS
 from stages import extract as extract_stage
 from stages import filter as filter_stage
 from stages import split as split_stage
@@ -78,9 +80,31 @@ def test_shares_are_whole_batches_in_rank_order_and_cover_every_row():
         assert all(lo % batch == 0 for lo, hi in shares if hi > lo)
 
 
+def script_exports(name: str) -> dict[str, str]:
+    """The PLANKTON_* variables a Slurm script exports (so the tests run what the scripts run)."""
+    text = (ROOT / "slurm" / name).read_text()
+    return dict(re.findall(r"^export (PLANKTON_[A-Z_]+)=(\S+)", text, flags=re.M))
+
+
+@pytest.mark.parametrize("name", ["one-node.sbatch", "multi-node.sbatch"])
+def test_slurm_scripts_parse_and_use_only_documented_switches(name):
+    path = ROOT / "slurm" / name
+    subprocess.run(["bash", "-n", str(path)], check=True)
+    text = path.read_text()
+    readme = (ROOT / "README.md").read_text()
+    for variable in set(re.findall(r"PLANKTON_[A-Z_]+", text)):
+        assert variable in (LAUNCHER_ENV, NPROC_ENV) and variable in readme, variable
+    exports = script_exports(name)
+    assert exports[LAUNCHER_ENV] in LAUNCHERS and exports[NPROC_ENV].isdigit()
+    assert re.search(r"^\s*dvc repro$", text, flags=re.M) and re.search(r'^\s*dvc exp run "\$@"$', text, flags=re.M)
+    assert name in readme
+
+
 def test_two_torchrun_processes_give_the_one_process_output(data):
-    """The one-node Slurm script's way: PLANKTON_EXTRACT_LAUNCHER=torchrun, 2 processes."""
-    done = run_stage(data, "two", {"PLANKTON_EXTRACT_LAUNCHER": "torchrun", "PLANKTON_EXTRACT_NPROC": "2"})
+    """What slurm/one-node.sbatch runs (its launcher, with 2 CPU processes instead of one per GPU)."""
+    env = {**script_exports("one-node.sbatch"), NPROC_ENV: "2"}
+    assert env[LAUNCHER_ENV] == "torchrun"
+    done = run_stage(data, "two", env)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "torch.distributed.run --nproc-per-node=2 --standalone -m stages.extract" in done.stderr
     single, two = (json.loads((data / name / "meta.json").read_text()) for name in ("single", "two"))
@@ -101,9 +125,10 @@ def test_a_killed_rank_fails_the_stage_with_its_rank_and_leaves_no_output(data, 
     on one node with a stand-in srun; rank 1 dies by SIGKILL after its first batch."""
     (tmp_path / "srun").write_text(FAKE_SRUN)
     (tmp_path / "srun").chmod(0o755)
-    env = {"PATH": f"{tmp_path}{os.pathsep}{os.environ['PATH']}", "PLANKTON_EXTRACT_LAUNCHER": "slurm",
-           "PLANKTON_EXTRACT_NPROC": "2", "SLURM_JOB_ID": "4242", "SLURM_JOB_NUM_NODES": "1",
-           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "PLANKTON_KILL_RANK": "1"}
+    env = {**script_exports("multi-node.sbatch"), NPROC_ENV: "2", "PATH": f"{tmp_path}{os.pathsep}{os.environ['PATH']}",
+           "SLURM_JOB_ID": "4242", "SLURM_JOB_NUM_NODES": "1", "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": str(free_port()), "PLANKTON_KILL_RANK": "1"}
+    assert env[LAUNCHER_ENV] == "slurm"
     done = run_stage(data, "killed", env)
     assert done.returncode == 2, done.stderr[-3000:]
     assert "srun --nodes=1" in done.stderr and "--rdzv-backend=c10d" in done.stderr

@@ -1,0 +1,204 @@
+"""How each stage's cost grows with the number of images: 10k, 100k (and 1M) tiny files.
+
+For each size, builds a folder of tiny, distinct PNGs (20 classes) inside a temporary git +
+DVC copy of the project, then measures wall time and peak memory of
+
+- filter with a cold validation cache (every file read, hashed and decoded) and a warm one
+  (unchanged files are recognised by path, size, mtime and inode);
+- split;
+- ``dvc status`` on the unchanged pipeline (filter and split just ran; DVC compares the
+  image folder, a dependency, against its state database: one stat per file);
+- head training on synthetic 4096-d float16 features (80 % train, 10 % val rows), per epoch;
+
+and prints the growth factor per tenfold step. Images are tiny on purpose: this measures the
+per-file and per-row costs that grow with the count; extraction (the backbone over real-size
+images) grows linearly at the rate `make bench` measures and is not re-measured here.
+
+    python -m bench.scale                              # 10k and 100k
+    python -m bench.scale --sizes 10000 100000 1000000 # where disk (about 4 KB per file) and time allow
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+CLASSES = 20
+DIM = 4096
+SIDE = 16
+
+
+def tiny_png(index: int, label: int) -> bytes:
+    """A 16x16 RGB PNG, class-coloured, with ``index`` written into its first pixels (distinct bytes)."""
+    pixels = bytearray(bytes([40 + 10 * label, 200 - 5 * label, 120]) * (SIDE * SIDE))
+    pixels[:8] = index.to_bytes(8, "little")
+    rows = b"".join(b"\0" + bytes(pixels[r * SIDE * 3:(r + 1) * SIDE * 3]) for r in range(SIDE))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", SIDE, SIDE, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows, 6)) + chunk(b"IEND", b"")
+
+
+def build_images(raw: Path, n: int) -> float:
+    """``raw/class_XX/img_XXXXXXX.png``, ``n`` files; returns seconds (reused when complete)."""
+    marker = raw / f".complete-{n}"
+    if marker.exists():
+        return 0.0
+    start = time.perf_counter()
+    for i in range(n):
+        folder = raw / f"class_{i % CLASSES:02d}"
+        if i < CLASSES:
+            folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"img_{i:07d}.png").write_bytes(tiny_png(i, i % CLASSES))
+    marker.touch()
+    return time.perf_counter() - start
+
+
+def make_repo(repo: Path) -> None:
+    """The project's pipeline (code, dvc.yaml, params) in a fresh git + DVC repo; the image
+    folder is ignored by git, as `dvc add` would make it."""
+    for package in ("plankton_transfer", "stages"):
+        shutil.copytree(ROOT / package, repo / package, ignore=shutil.ignore_patterns("__pycache__"), dirs_exist_ok=True)
+    shutil.copy(ROOT / "dvc.yaml", repo / "dvc.yaml")
+    shutil.copytree(ROOT / "data" / "pretrained", repo / "data" / "pretrained", dirs_exist_ok=True,
+                    ignore=lambda folder, names: [n for n in names if not Path(folder, n).is_dir() and n != "README.md"])
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params.update(models=["alexnet"], data={"raw": "data/raw"})
+    params["filter"].update(min_images_per_class=1, workers=0)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (repo / ".gitignore").write_text("/data/raw\n/.cache/\n*.partial\n__pycache__/\n")
+    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"], ["git", "add", "-A"],
+                ["git", "-c", "user.name=bench", "-c", "user.email=bench@example.org", "commit", "-qm", "bench"]):
+        subprocess.run(cmd, cwd=repo, check=True, capture_output=True)
+
+
+def measured(cmd: list[str], cwd: Path) -> dict:
+    """Wall time and peak memory of ``python -m bench.peak_rss <cmd>`` (a stage, as dvc runs it)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "bench.peak_rss", *cmd], cwd=cwd, env=env, capture_output=True, text=True)
+    if proc.returncode:
+        raise SystemExit(f"{cmd[0]} failed:\n{proc.stderr[-3000:]}")
+    peak = json.loads(proc.stdout.strip().splitlines()[-1])
+    return {"seconds": round(time.perf_counter() - start, 2), "peak_mb": peak["self_mb"]}
+
+
+def timed(cmd: list[str], cwd: Path) -> dict:
+    start = time.perf_counter()
+    subprocess.run(cmd, cwd=cwd, check=True, capture_output=True)
+    return {"seconds": round(time.perf_counter() - start, 2)}
+
+
+def synthetic_features(folder: Path, n: int, seed: int = 0) -> None:
+    """A features folder as the extract stage writes it: 80/10/10 % rows of 4096-d float16."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    sizes = {"train": n * 8 // 10, "val": n // 10, "test": n - n * 8 // 10 - n // 10}
+    for split, rows in sizes.items():
+        x = np.lib.format.open_memmap(folder / f"{split}.npy", mode="w+", dtype=np.float16, shape=(rows, DIM))
+        for start in range(0, rows, 65536):
+            stop = min(rows, start + 65536)
+            x[start:stop] = rng.standard_normal((stop - start, DIM), dtype=np.float32)
+        x.flush()
+        del x
+        np.save(folder / f"{split}_labels.npy", (np.arange(rows) % CLASSES).astype(np.int64))
+    meta = {"backbone": "synthetic", "weights": {}, "preprocess": {}, "feature_dim": DIM, "seconds": 0,
+            "classes": [f"class_{i:02d}" for i in range(CLASSES)], "sizes": sizes, "images_per_s": None,
+            "environment": {}}
+    (folder / "meta.json").write_text(json.dumps(meta))
+
+
+def measure_size(n: int, base: Path, epochs: int) -> dict:
+    repo = base / f"repo-{n}"
+    if not (repo / ".dvc").is_dir():
+        make_repo(repo)
+    result = {"images": n, "build_seconds": round(build_images(repo / "data" / "raw", n), 1)}
+    work = base / f"work-{n}"
+    shutil.rmtree(work, ignore_errors=True)  # this benchmark's own scratch folder
+    work.mkdir()
+    params = ["--params", str(repo / "params.yaml")]
+    filter_cmd = ["stages.filter", "--raw", str(repo / "data" / "raw"), "--manifest", str(work / "manifest.csv"),
+                  "--report", str(work / "report.json"), "--metrics", str(work / "filter.json"),
+                  "--cache-file", str(work / "cache.csv"), *params]
+    result["filter_cold"] = measured(filter_cmd, ROOT)
+    for path in (work / "manifest.csv", work / "report.json", work / "filter.json"):
+        path.unlink()
+    result["filter_warm"] = measured(filter_cmd, ROOT)
+    result["split"] = measured(["stages.split", "--manifest", str(work / "manifest.csv"), "--out-dir",
+                                str(work / "split"), "--metrics", str(work / "split.json"), *params], ROOT)
+    # the pipeline's own filter and split, through DVC (warm validation cache), then status unchanged
+    (repo / ".cache").mkdir(exist_ok=True)
+    shutil.copy(work / "cache.csv", repo / ".cache" / "filter-validation.csv")
+    result["dvc_repro_filter_split"] = timed(["dvc", "repro", "split"], repo)
+    result["dvc_status_first"] = timed(["dvc", "status", "filter", "split"], repo)
+    result["dvc_status"] = timed(["dvc", "status", "filter", "split"], repo)
+    synthetic_features(work / "features", n)
+    with (repo / "params.yaml").open() as f:
+        train_params = yaml.safe_load(f)
+    train_params["train"].update(max_epochs=epochs, patience=epochs)
+    (work / "train-params.yaml").write_text(yaml.safe_dump(train_params, sort_keys=False))
+    train = measured(["stages.train", "--features", str(work / "features"), "--model-file", str(work / "model.pt"),
+                      "--live-dir", str(work / "live"), "--params", str(work / "train-params.yaml")], ROOT)
+    import torch  # imported late: this process starts the measured ones and stays small
+
+    record = torch.load(work / "model.pt", weights_only=True)["training"]
+    result["train"] = {**train, "epochs": record["epochs"], "seconds_per_epoch": round(record["seconds"] / record["epochs"], 2),
+                       "placement": record["features"]["placement"]}
+    shutil.rmtree(work / "features")  # written above by this benchmark
+    return result
+
+
+ROWS = [("filter, cold cache", "filter_cold"), ("filter, warm cache", "filter_warm"), ("split", "split"),
+        ("dvc status, unchanged", "dvc_status"), ("train, per epoch", "train")]
+
+
+def table(results: list[dict]) -> str:
+    """Markdown: seconds and peak MB per size, and the growth per tenfold step."""
+    sizes = [r["images"] for r in results]
+    head = "| stage | " + " | ".join(f"{n:,} images" for n in sizes) + " | growth per 10x |"
+    lines = [head, "|---" * (len(sizes) + 2) + "|"]
+    for label, key in ROWS:
+        secs = [r[key]["seconds_per_epoch"] if key == "train" else r[key]["seconds"] for r in results]
+        cells = [f"{s:.2f} s" + (f", {r[key]['peak_mb']:.0f} MB" if "peak_mb" in r[key] else "")
+                 for s, r in zip(secs, results)]
+        growth = [f"{b / a:.1f}x" for a, b in zip(secs, secs[1:]) if a > 0]
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {', '.join(growth)} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
+    p.add_argument("--epochs", type=int, default=2, help="training epochs per size (time per epoch is reported)")
+    p.add_argument("--cache-dir", type=Path, default=Path(tempfile.gettempdir()) / "plankton-bench-scale",
+                   help="image folders and repos are kept here between runs")
+    p.add_argument("--out", type=Path, default=Path("bench/results/scale.json"))
+    args = p.parse_args(argv)
+    args.cache_dir.mkdir(parents=True, exist_ok=True)
+    results = []
+    for n in args.sizes:
+        results.append(measure_size(n, args.cache_dir, args.epochs))
+        print(json.dumps(results[-1]), flush=True)
+    report = {"cpu_count": os.cpu_count(), "load_average": os.getloadavg(), "results": results}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(table(results))
+    return results
+
+
+if __name__ == "__main__":
+    main()
