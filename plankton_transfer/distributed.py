@@ -86,6 +86,7 @@ def rank_device(device: torch.device, ranks: Ranks) -> torch.device:
         if ranks.local_rank >= torch.cuda.device_count():
             raise UserError(f"rank {ranks.rank} is local rank {ranks.local_rank} but this node has "
                             f"{torch.cuda.device_count()} GPU(s); start at most one process per GPU (extract.nproc)")
+        torch.cuda.set_device(ranks.local_rank)
         return torch.device("cuda", ranks.local_rank)
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // ranks.local_world))  # torchrun's default is 1
     return device
@@ -115,9 +116,9 @@ def process_group(ranks: Ranks, device: torch.device) -> Iterator[Any]:
     previous = signal.signal(signal.SIGTERM, stop_on_sigterm)
     error: str | None = "failed with an unexpected error (its traceback is in the log above)"
     try:
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=MEETING_TIMEOUT,
-                                device_id=device if device.type == "cuda" else None)
-        # the small messages (paths, errors) travel on CPU whatever the device
+        # NCCL stays lazy (no communicator until a GPU collective needs one); the small
+        # messages used here (paths, errors) travel over gloo on CPU whatever the device
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=MEETING_TIMEOUT)
         group = dist.new_group(backend="gloo", timeout=MEETING_TIMEOUT) if device.type == "cuda" else dist.group.WORLD
         yield group
         error = None
