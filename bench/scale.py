@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import struct
 import subprocess
@@ -68,39 +69,46 @@ def build_images(raw: Path, n: int) -> float:
     return time.perf_counter() - start
 
 
-def make_repo(repo: Path) -> None:
-    """The project's pipeline (code, dvc.yaml, params) in a fresh git + DVC repo; the image
-    folder is ignored by git, as `dvc add` would make it."""
+def make_repo(repo: Path, raw: Path) -> None:
+    """The project's pipeline (code, dvc.yaml, params) in a fresh git + DVC repo whose
+    ``data.raw`` is the image folder ``raw`` (outside the repo: DVC hashes it as any
+    dependency, and a fresh repo starts with a cold DVC state)."""
     for package in ("plankton_transfer", "stages"):
         shutil.copytree(ROOT / package, repo / package, ignore=shutil.ignore_patterns("__pycache__"), dirs_exist_ok=True)
     shutil.copy(ROOT / "dvc.yaml", repo / "dvc.yaml")
     shutil.copytree(ROOT / "data" / "pretrained", repo / "data" / "pretrained", dirs_exist_ok=True,
                     ignore=lambda folder, names: [n for n in names if not Path(folder, n).is_dir() and n != "README.md"])
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params.update(models=["alexnet"], data={"raw": "data/raw"})
+    params.update(models=["alexnet"], data={"raw": str(raw)})
     params["filter"].update(min_images_per_class=1, workers=0)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    (repo / ".gitignore").write_text("/data/raw\n/.cache/\n*.partial\n__pycache__/\n")
+    (repo / ".gitignore").write_text("/.cache/\n*.partial\n__pycache__/\n")
     for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"], ["git", "add", "-A"],
                 ["git", "-c", "user.name=bench", "-c", "user.email=bench@example.org", "commit", "-qm", "bench"]):
         subprocess.run(cmd, cwd=repo, check=True, capture_output=True)
 
 
-def measured(cmd: list[str], cwd: Path) -> dict:
-    """Wall time and peak memory of ``python -m bench.peak_rss <cmd>`` (a stage, as dvc runs it)."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "bench.peak_rss", *cmd], cwd=cwd, env=env, capture_output=True, text=True)
+def children_cpu() -> float:
+    """CPU seconds of this process's finished children (and theirs): less sensitive than wall
+    time to other work on a shared machine."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def timed(cmd: list[str], cwd: Path, env: dict | None = None) -> tuple[dict, str]:
+    """Wall and CPU seconds of a command; returns them with its output."""
+    start, cpu = time.perf_counter(), children_cpu()
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
     if proc.returncode:
-        raise SystemExit(f"{cmd[0]} failed:\n{proc.stderr[-3000:]}")
-    peak = json.loads(proc.stdout.strip().splitlines()[-1])
-    return {"seconds": round(time.perf_counter() - start, 2), "peak_mb": peak["self_mb"]}
+        raise SystemExit(f"{' '.join(cmd[:4])} failed:\n{proc.stderr[-3000:]}")
+    return {"seconds": round(time.perf_counter() - start, 2), "cpu_seconds": round(children_cpu() - cpu, 2)}, proc.stdout
 
 
-def timed(cmd: list[str], cwd: Path) -> dict:
-    start = time.perf_counter()
-    subprocess.run(cmd, cwd=cwd, check=True, capture_output=True)
-    return {"seconds": round(time.perf_counter() - start, 2)}
+def measured(cmd: list[str], cwd: Path) -> dict:
+    """Wall and CPU time and peak memory of ``python -m bench.peak_rss <cmd>`` (a stage, as dvc runs it)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    times, out = timed([sys.executable, "-m", "bench.peak_rss", *cmd], cwd, env)
+    return {**times, "peak_mb": json.loads(out.strip().splitlines()[-1])["self_mb"]}
 
 
 def synthetic_features(folder: Path, n: int, seed: int = 0) -> None:
@@ -123,15 +131,20 @@ def synthetic_features(folder: Path, n: int, seed: int = 0) -> None:
 
 
 def measure_size(n: int, base: Path, epochs: int) -> dict:
-    repo = base / f"repo-{n}"
-    if not (repo / ".dvc").is_dir():
-        make_repo(repo)
-    result = {"images": n, "build_seconds": round(build_images(repo / "data" / "raw", n), 1)}
-    work = base / f"work-{n}"
-    shutil.rmtree(work, ignore_errors=True)  # this benchmark's own scratch folder
-    work.mkdir()
+    raw = base / f"images-{n}"
+    result = {"images": n, "build_seconds": round(build_images(raw, n), 1)}
+    with tempfile.TemporaryDirectory(prefix=f"scale-{n}-") as tmp:
+        repo, work = Path(tmp) / "repo", Path(tmp) / "work"
+        repo.mkdir()
+        work.mkdir()
+        make_repo(repo, raw)
+        measure_stages(result, raw, repo, work, epochs)
+    return result
+
+
+def measure_stages(result: dict, raw: Path, repo: Path, work: Path, epochs: int) -> None:
     params = ["--params", str(repo / "params.yaml")]
-    filter_cmd = ["stages.filter", "--raw", str(repo / "data" / "raw"), "--manifest", str(work / "manifest.csv"),
+    filter_cmd = ["stages.filter", "--raw", str(raw), "--manifest", str(work / "manifest.csv"),
                   "--report", str(work / "report.json"), "--metrics", str(work / "filter.json"),
                   "--cache-file", str(work / "cache.csv"), *params]
     result["filter_cold"] = measured(filter_cmd, ROOT)
@@ -143,39 +156,51 @@ def measure_size(n: int, base: Path, epochs: int) -> dict:
     # the pipeline's own filter and split, through DVC (warm validation cache), then status unchanged
     (repo / ".cache").mkdir(exist_ok=True)
     shutil.copy(work / "cache.csv", repo / ".cache" / "filter-validation.csv")
-    result["dvc_repro_filter_split"] = timed(["dvc", "repro", "split"], repo)
-    result["dvc_status_first"] = timed(["dvc", "status", "filter", "split"], repo)
-    result["dvc_status"] = timed(["dvc", "status", "filter", "split"], repo)
+    result["dvc_repro_filter_split"] = timed(["dvc", "repro", "split"], repo)[0]
+    result["dvc_status_first"] = timed(["dvc", "status", "filter", "split"], repo)[0]
+    result["dvc_status"], out = timed(["dvc", "status", "filter", "split"], repo)
+    assert "up to date" in out, out
     synthetic_features(work / "features", n)
-    with (repo / "params.yaml").open() as f:
-        train_params = yaml.safe_load(f)
-    train_params["train"].update(max_epochs=epochs, patience=epochs)
-    (work / "train-params.yaml").write_text(yaml.safe_dump(train_params, sort_keys=False))
-    train = measured(["stages.train", "--features", str(work / "features"), "--model-file", str(work / "model.pt"),
-                      "--live-dir", str(work / "live"), "--params", str(work / "train-params.yaml")], ROOT)
+    result["train"] = train_per_epoch(work, repo / "params.yaml", epochs)
+
+
+def train_per_epoch(work: Path, params_file: Path, epochs: int) -> dict:
+    """The train stage with 1 and with ``1 + epochs`` epochs: the difference over ``epochs`` is
+    the cost of one epoch (the study's protocol: a pass of SGD, then train and val evaluated),
+    without the process's start-up and loading."""
     import torch  # imported late: this process starts the measured ones and stays small
 
-    record = torch.load(work / "model.pt", weights_only=True)["training"]
-    result["train"] = {**train, "epochs": record["epochs"], "seconds_per_epoch": round(record["seconds"] / record["epochs"], 2),
-                       "placement": record["features"]["placement"]}
-    shutil.rmtree(work / "features")  # written above by this benchmark
-    return result
+    runs = []
+    for n in (1, 1 + epochs):
+        params = yaml.safe_load(params_file.read_text())
+        params["train"].update(max_epochs=n, patience=n)
+        (work / "train-params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        (work / "model.pt").unlink(missing_ok=True)  # written by the previous run of this loop
+        shutil.rmtree(work / "live", ignore_errors=True)
+        run = measured(["stages.train", "--features", str(work / "features"), "--model-file", str(work / "model.pt"),
+                        "--live-dir", str(work / "live"), "--params", str(work / "train-params.yaml")], ROOT)
+        record = torch.load(work / "model.pt", weights_only=True)["training"]
+        runs.append({**run, "fit_seconds": record["seconds"], "placement": record["features"]["placement"]})
+    return {"seconds": round((runs[1]["fit_seconds"] - runs[0]["fit_seconds"]) / epochs, 2),
+            "cpu_seconds": round((runs[1]["cpu_seconds"] - runs[0]["cpu_seconds"]) / epochs, 2),
+            "peak_mb": max(r["peak_mb"] for r in runs), "placement": runs[1]["placement"], "runs": runs}
 
 
 ROWS = [("filter, cold cache", "filter_cold"), ("filter, warm cache", "filter_warm"), ("split", "split"),
-        ("dvc status, unchanged", "dvc_status"), ("train, per epoch", "train")]
+        ("dvc repro filter + split (DVC hashes the folder)", "dvc_repro_filter_split"),
+        ("dvc status, unchanged", "dvc_status"), ("train, one epoch (4096-d)", "train")]
 
 
 def table(results: list[dict]) -> str:
-    """Markdown: seconds and peak MB per size, and the growth per tenfold step."""
+    """Markdown: wall and CPU seconds and peak MB per size, and the growth of CPU time per tenfold step."""
     sizes = [r["images"] for r in results]
-    head = "| stage | " + " | ".join(f"{n:,} images" for n in sizes) + " | growth per 10x |"
+    head = "| stage | " + " | ".join(f"{n:,} images: wall / CPU, peak" for n in sizes) + " | CPU growth per 10x |"
     lines = [head, "|---" * (len(sizes) + 2) + "|"]
     for label, key in ROWS:
-        secs = [r[key]["seconds_per_epoch"] if key == "train" else r[key]["seconds"] for r in results]
-        cells = [f"{s:.2f} s" + (f", {r[key]['peak_mb']:.0f} MB" if "peak_mb" in r[key] else "")
-                 for s, r in zip(secs, results)]
-        growth = [f"{b / a:.1f}x" for a, b in zip(secs, secs[1:]) if a > 0]
+        cells = [f"{r[key]['seconds']:.1f} s / {r[key]['cpu_seconds']:.1f} s"
+                 + (f", {r[key]['peak_mb']:,.0f} MB" if "peak_mb" in r[key] else "") for r in results]
+        cpu = [r[key]["cpu_seconds"] for r in results]
+        growth = [f"{b / a:.1f}x" for a, b in zip(cpu, cpu[1:]) if a > 0]
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {', '.join(growth)} |")
     return "\n".join(lines)
 
@@ -183,7 +208,7 @@ def table(results: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
-    p.add_argument("--epochs", type=int, default=2, help="training epochs per size (time per epoch is reported)")
+    p.add_argument("--epochs", type=int, default=2, help="extra training epochs that measure one epoch's cost")
     p.add_argument("--cache-dir", type=Path, default=Path(tempfile.gettempdir()) / "plankton-bench-scale",
                    help="image folders and repos are kept here between runs")
     p.add_argument("--out", type=Path, default=Path("bench/results/scale.json"))

@@ -25,28 +25,38 @@ def resolve_device(name: str) -> torch.device:
         raise UserError(f"unknown device '{name}'; use auto, cpu or cuda") from None
 
 
-M_ARENA_MAX = -8  # glibc's mallopt parameter number (malloc.h)
-
-
-def use_one_malloc_arena() -> bool:
-    """From now on, every thread of this process allocates from glibc's main malloc arena.
-
-    Why: in the extraction loop, buffers of tens of MB per batch (activations) are allocated
-    and freed by more than one thread; glibc then gives threads arenas of their own, whose
-    64 MB heaps fragment under such sizes and keep growing: the stage's peak memory wandered
-    from 1.2 to 3.5 GB between identical runs of 20,000 images. With one arena the peak is
-    flat and repeatable at the speed of the default (measured with ``python -m bench.memory``;
-    README, "Performance"). A fixed mmap threshold is flat too but maps and unmaps the
-    activations every batch (15-25 % slower). Does nothing outside glibc (musl, macOS) or
-    when the user set ``MALLOC_ARENA_MAX`` already. Returns whether it applied.
-    """
-    if not sys.platform.startswith("linux") or "MALLOC_ARENA_MAX" in os.environ:
-        return False
+def glibc() -> ctypes.CDLL | None:
+    """The C library when it is glibc (whose allocator the functions below tune), else None."""
+    if not sys.platform.startswith("linux"):
+        return None
     try:
         libc = ctypes.CDLL("libc.so.6")
-    except OSError:  # not glibc
-        return False
-    return bool(getattr(libc, "mallopt", None) and libc.mallopt(M_ARENA_MAX, 1))
+    except OSError:  # musl or another C library
+        return None
+    return libc if hasattr(libc, "malloc_trim") else None
+
+
+class FreedMemoryReturner:
+    """Hands memory that malloc holds free back to the kernel every ``every`` calls.
+
+    Why: the extraction loop allocates and frees buffers of tens of MB per batch (the
+    backbone's activations) from more than one thread; glibc keeps freed memory for reuse,
+    and depending on how the threads interleave, fragmentation made the stage's peak memory
+    wander between identical runs of 20,000 images (1.2 to 3.5 GB). ``malloc_trim(0)``
+    releases the pages of every free chunk of every arena, so what is resident stays what is
+    in use, whatever the interleaving. Every few batches rather than every batch: a released
+    page costs a page fault when it is used again, so a fixed small mmap threshold (the same
+    effect every batch) was 15-25 % slower. Measured with ``python -m bench.memory``
+    (README, "Performance"). Does nothing outside glibc.
+    """
+
+    def __init__(self, every: int) -> None:
+        self.libc, self.every, self.calls = glibc(), every, 0
+
+    def __call__(self) -> None:
+        self.calls += 1
+        if self.libc is not None and self.calls % self.every == 0:
+            self.libc.malloc_trim(0)
 
 
 def seed_everything(seed: int) -> torch.Generator:

@@ -25,8 +25,10 @@ from plankton_transfer.files import write_json
 from plankton_transfer.models.backbones import build_feature_extractor, count_parameters, get_backbone
 from plankton_transfer.models.backbones import resolve_backbone_weights
 from plankton_transfer.params import ExtractParams, ImageParams, PretrainedParams
-from plankton_transfer.runtime import (environment, resolve_device, seed_everything, use_deterministic_algorithms,
-                                       use_one_malloc_arena)
+from plankton_transfer.runtime import (FreedMemoryReturner, environment, resolve_device, seed_everything,
+                                       use_deterministic_algorithms)
+
+RETURN_FREED_EVERY = 8  # batches between hand-backs of freed memory: a flat peak at no measurable cost
 
 
 def autocast_dtype(cfg: ExtractParams, device: torch.device) -> torch.dtype | None:
@@ -58,6 +60,7 @@ def extract_features(model, normalize, loader: DataLoader, writer, device: torch
     """One pass of ``loader`` through ``model``; rows go to ``writer``. Returns the row count."""
     offset = 0
     buffer = None
+    return_freed = FreedMemoryReturner(RETURN_FREED_EVERY)  # flat, repeatable peak memory (runtime.py)
     for images, errors, raw in tqdm(loader, desc="extract", unit="batch", mininterval=2.0):
         if errors:
             raise UserError(f"cannot read {errors[0]}; the file changed since the filter stage: run dvc repro again")
@@ -68,6 +71,7 @@ def extract_features(model, normalize, loader: DataLoader, writer, device: torch
             feats = model(x)
         writer.write(offset, feats.float().cpu().numpy().astype(np.float16))
         offset += len(feats)
+        return_freed()
         if after_batch is not None:
             after_batch()
     return offset
@@ -93,7 +97,6 @@ def run_extraction(model_name: str, raw: Path, parts: dict[str, pd.DataFrame], o
     Under torchrun each rank extracts its share of the rows into its own shard; rank 0 joins
     them, writes labels and meta.json, renames the folder into place and returns the meta
     (the other ranks return None). The result is the one-process run's, row for row."""
-    use_one_malloc_arena()  # before any thread allocates: flat, repeatable peak memory (runtime.py)
     backbone = get_backbone(model_name)
     weights = resolve_backbone_weights(model_name, pretrained_cfg)  # before any compute: fails fast
     ranks = current_ranks()
