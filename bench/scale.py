@@ -160,7 +160,7 @@ def measure_stages(result: dict, raw: Path, repo: Path, work: Path, epochs: int)
     result["dvc_status_first"] = timed(["dvc", "status", "filter", "split"], repo)[0]
     result["dvc_status"], out = timed(["dvc", "status", "filter", "split"], repo)
     assert "up to date" in out, out
-    synthetic_features(work / "features", n)
+    synthetic_features(work / "features", result["images"])
     result["train"] = train_per_epoch(work, repo / "params.yaml", epochs)
 
 

@@ -65,7 +65,7 @@ def take_rows(x: Features, idx: torch.Tensor, device: torch.device) -> torch.Ten
 def take_range(x: Features, start: int, stop: int, device: torch.device) -> torch.Tensor:
     if isinstance(x, torch.Tensor):
         return x[start:stop].float()
-    return torch.from_numpy(np.asarray(x[start:stop])).to(device).float()
+    return torch.from_numpy(np.array(x[start:stop])).to(device).float()  # a copy: the memory map is read-only
 
 
 def train_one_epoch(heads: LinearHeads, optimizer: torch.optim.Optimizer, x: Features, y: torch.Tensor,
