@@ -110,8 +110,13 @@ def stop_on_sigterm(signum: int, frame: Any) -> None:
 def process_group(ranks: Ranks, device: torch.device) -> Iterator[Any]:
     """Join the other ranks (yields the group for small messages; None for one process) and
     report how this rank ended. A lost rank becomes a one-line error instead of a traceback."""
-    if ranks.world == 1:
-        yield None
+    if ranks.world == 1:  # one process (perhaps started by a launcher with one process per node)
+        try:
+            yield None
+        except UserError as err:
+            report_status(ranks, str(err))
+            raise
+        report_status(ranks, None)
         return
     previous = signal.signal(signal.SIGTERM, stop_on_sigterm)
     error: str | None = "failed with an unexpected error (its traceback is in the log above)"
