@@ -152,3 +152,20 @@ def test_launcher_switch_and_slurm_command():
             "--rdzv-id=9"} <= set(cmd)
     with pytest.raises(UserError, match="only inside a Slurm job"):
         worker_command(Launch("slurm", 1), "stages.extract", [], {})
+
+
+def test_failure_message_names_the_first_rank_that_really_failed(tmp_path):
+    from plankton_transfer.distributed import LOST, STOPPED
+    from plankton_transfer.launch import failure_message
+
+    def status(rank, error):
+        (tmp_path / f"rank-{rank:05d}.json").write_text(json.dumps({"rank": rank, "host": f"gpu{rank}", "error": error}))
+
+    status(0, f"{LOST}: Connection reset by peer")
+    status(1, STOPPED)
+    status(2, "rank 2: cannot read b/b_000.jpg; the file changed since the filter stage: run dvc repro again")
+    assert failure_message(tmp_path, 4, 1) == ("rank 2 on gpu2: cannot read b/b_000.jpg; the file changed since the "
+                                               "filter stage: run dvc repro again")
+    (tmp_path / "rank-00002.json").unlink()
+    assert failure_message(tmp_path, 4, 1).startswith("rank 2 ended without a word")
+    assert failure_message(tmp_path, 2, 1) == "torchrun exited with status 1; its log above says why"
