@@ -27,6 +27,7 @@ T = TypeVar("T")
 PARAMS_FILE = Path("params.yaml")
 MODEL_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")  # also safe inside a shell command and a path
 PREPROCESS_MODES = ("pad", "crop")
+LAUNCHERS = ("none", "torchrun", "slurm")  # how the extract stage runs: plankton_transfer/launch.py
 
 
 def check_choice(name: str, value: Any, choices: tuple[Any, ...]) -> None:
@@ -160,8 +161,12 @@ class ExtractParams:
     device: str = "auto"
     dtype: str = "auto"
     decode: str = "auto"
+    launcher: str = "none"
+    nproc: int = 0
 
     def __post_init__(self) -> None:
+        check_choice("extract.launcher", self.launcher, LAUNCHERS)
+        check_range("extract.nproc", self.nproc, 0)
         check_choice("extract.preprocess", self.preprocess, PREPROCESS_MODES)
         check_choice("extract.dtype", self.dtype, ("auto", "fp32", "bf16"))
         check_choice("extract.decode", self.decode, ("auto", "cpu", "device"))
@@ -180,6 +185,7 @@ class TrainParams:
     max_epochs: int = 100
     patience: int = 20
     device: str = "auto"
+    features_on_device: str = "auto"
 
     @property
     def lrs(self) -> list[float]:
@@ -195,6 +201,7 @@ class TrainParams:
         check_range("train.batch_size", self.batch_size, 1)
         check_range("train.max_epochs", self.max_epochs, 1)
         check_range("train.patience", self.patience, 1)
+        check_choice("train.features_on_device", self.features_on_device, ("auto", "resident", "stream"))
 
 
 ECOTAXA_CATEGORY_COLUMNS = ("object_annotation_category", "object_annotation_hierarchy")

@@ -7,14 +7,22 @@ Outputs: ``--out-dir``: float16 features with labels per split, and meta.json (b
          weight source, sha256 and check, preprocessing, classes, images/s).
 Params:  ``data``, ``extract``, ``image``, ``pretrained``, ``base.seed``
          (library: plankton_transfer/models/extraction.py).
+
+With ``extract.launcher`` torchrun or slurm (or ``PLANKTON_EXTRACT_LAUNCHER``), this
+command starts itself again under torchrun, one process per GPU (``extract.nproc``), on this
+node or every node of the Slurm job, and waits (plankton_transfer/launch.py); the output is
+the same folder, row for row. Run directly under torchrun, it takes its rank's share.
 """
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
+from plankton_transfer.data.features import load_meta
 from plankton_transfer.data.splitting import read_splits
 from plankton_transfer.errors import run_cli
+from plankton_transfer.launch import requested_launch, run_workers
 from plankton_transfer.models.extraction import run_extraction
 from plankton_transfer.params import (BaseParams, DataParams, ExtractParams, ImageParams, PretrainedParams,
                                       params_argument, read_params, section)
@@ -30,15 +38,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> dict:
+def main(argv: list[str] | None = None) -> dict | None:
     args = parse_args(argv)
     params = read_params(args.params)
     raw = args.raw or Path(section(DataParams, params, "data").raw)
-    meta = run_extraction(
-        args.model, raw, read_splits(args.split_dir), args.out_dir, section(ExtractParams, params, "extract"),
-        section(ImageParams, params, "image"), section(PretrainedParams, params, "pretrained"),
-        section(BaseParams, params, "base").seed,
-    )
+    cfg = section(ExtractParams, params, "extract")
+    launch = requested_launch(cfg.launcher, cfg.nproc)
+    if launch.relaunch:
+        run_workers(launch, "stages.extract", sys.argv[1:] if argv is None else list(argv), args.out_dir)
+        meta = load_meta(args.out_dir)
+    else:
+        meta = run_extraction(
+            args.model, raw, read_splits(args.split_dir), args.out_dir, cfg, section(ImageParams, params, "image"),
+            section(PretrainedParams, params, "pretrained"), section(BaseParams, params, "base").seed,
+        )
+    if meta is None:  # a rank other than 0 under torchrun: rank 0 reports
+        return None
     print(f"extract {args.model}: {sum(meta['sizes'].values())} images, {meta['feature_dim']}-d features, "
           f"{meta['images_per_s']} images/s, weights: {meta['weights']['description']}")
     return meta

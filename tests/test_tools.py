@@ -110,3 +110,28 @@ def test_reproduction_check_ignores_timings_and_compares_flags_exactly():
     diff = {"m.json": {"a.seconds": {"old": 1.0, "new": 9.0}, "a.images_per_s": {"old": 5, "new": 50},
                        "a.loss": {"old": 0.5, "new": 0.5015}, "a.pretrained": {"old": True, "new": False}}}
     assert mismatches(diff, atol=0.002) == [("m.json", "a.pretrained", True, False)]
+
+
+def test_queued_experiments_run_in_parallel_workers_and_both_show(branch_repo):
+    """Parallel experiments are DVC's own: two queued learning rates, two queue workers."""
+    import time
+
+    for lr in ("0.01", "0.05"):
+        run(branch_repo, "dvc", "exp", "run", "--queue", "-S", f"train.lr={lr}")
+    run(branch_repo, "dvc", "queue", "start", "-j", "2")
+    deadline, status = time.monotonic() + 900, ""
+    while time.monotonic() < deadline:
+        status = run(branch_repo, "dvc", "queue", "status").stdout
+        rows = [line.split() for line in status.splitlines()[1:] if line.strip() and not line.startswith("Worker")]
+        states = [row[-1] for row in rows if row and row[-1] in ("Queued", "Running", "Success", "Failed")]
+        if len(states) == 2 and all(s in ("Success", "Failed") for s in states):
+            break
+        time.sleep(3)
+    assert status.count("Success") == 2, status
+    shown = json.loads(run(branch_repo, "dvc", "exp", "show", "--json").stdout)
+    experiments = [exp for commit in shown for exp in commit.get("experiments") or []]
+    lrs = sorted(e["revs"][0]["data"]["params"]["params.yaml"]["data"]["train"]["lr"] for e in experiments)
+    assert lrs == [0.01, 0.05], lrs
+    for exp in experiments:
+        metrics = exp["revs"][0]["data"]["metrics"]["metrics/evaluate/alexnet.json"]["data"]["alexnet"]
+        assert 0 <= metrics["test"]["accuracy"] <= 1 and metrics["epochs"] >= 1

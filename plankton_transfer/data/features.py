@@ -96,6 +96,58 @@ def feature_writer(folder: Path, sizes: dict[str, int], dim: int) -> Iterator[Fe
         writer.close()
 
 
+class ShardWriter:
+    """One rank's contiguous rows ``[lo, hi)`` of the single pass, in a file of its own
+    (ranks on different nodes never write to the same file, whatever the file system)."""
+
+    def __init__(self, path: Path, lo: int, hi: int, dim: int) -> None:
+        self.lo = lo
+        self.array = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=(hi - lo, dim)) if hi > lo else None
+
+    def write(self, offset: int, rows: np.ndarray) -> None:
+        """``offset`` counts from the start of the shard, as the rank's loader does."""
+        assert self.array is not None
+        self.array[offset:offset + len(rows)] = rows
+
+    def close(self) -> None:
+        if self.array is not None:
+            self.array.flush()
+            self.array = None
+
+
+def shard_path(folder: Path, rank: int) -> Path:
+    return folder / f".rank-{rank:05d}.npy"
+
+
+@contextlib.contextmanager
+def rows_writer(folder: Path, sizes: dict[str, int], dim: int, rank: int, world: int, lo: int,
+                hi: int) -> Iterator[FeatureWriter | ShardWriter]:
+    """The split files themselves for one process; rank ``rank``'s shard of ``world`` otherwise."""
+    writer = FeatureWriter(folder, sizes, dim) if world == 1 else ShardWriter(shard_path(folder, rank), lo, hi, dim)
+    try:
+        yield writer
+    finally:
+        writer.close()
+
+
+def join_shards(folder: Path, sizes: dict[str, int], dim: int, shares: list[tuple[int, int]],
+                chunk_rows: int = 65536) -> None:
+    """Copy the ranks' shards, in rank order, into the split files, then remove them
+    (nothing to do for one process, whose rows went to the split files directly)."""
+    if len(shares) == 1:
+        return
+    with feature_writer(folder, sizes, dim) as writer:
+        for rank, (lo, hi) in enumerate(shares):
+            if hi == lo:
+                continue
+            shard = np.load(shard_path(folder, rank), mmap_mode="r")
+            assert shard.shape == (hi - lo, dim), f"rank {rank} wrote {shard.shape[0]} of {hi - lo} rows"
+            for start in range(0, hi - lo, chunk_rows):
+                writer.write(lo + start, np.asarray(shard[start:start + chunk_rows]))
+            del shard
+            shard_path(folder, rank).unlink()  # written by rank `rank` of this run
+
+
 def load_split(folder: str | Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     """Features (memory-mapped float16) and labels of one split."""
     folder = Path(folder)

@@ -67,7 +67,16 @@ def run_record(record: dict, meta: dict) -> dict:
                    "extract_images_per_s": meta["images_per_s"]},
         "extract_environment": meta["environment"],
         "train_environment": training["environment"],
+        "train_features": stable_placement(training.get("features")),
     }
+
+
+def stable_placement(placement: dict | None) -> dict | None:
+    """Resident or streamed training features, and why, without the free memory seen at the
+    time (it changes run to run; the model file's training record keeps it)."""
+    if placement is None:  # a model file from before the choice was recorded
+        return None
+    return {k: v for k, v in placement.items() if k != "free_bytes"}
 
 
 def confusion_rows(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]) -> list[dict]:

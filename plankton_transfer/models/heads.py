@@ -5,7 +5,9 @@ full evaluation of the train and validation sets, early stopping on validation
 cross-entropy with patience, and the weights of the best validation epoch kept.
 
 What changes is only where the inputs come from: the features are resident on the device
-(no DataLoader, no backbone per step), so an epoch is a few tensor ops per batch. Several
+(no DataLoader, no backbone per step), so an epoch is a few tensor ops per batch. Where they
+do not fit, the same batches are read from the memory-mapped feature files instead
+(:func:`take_rows`): the same rows in the same order, so the same head. Several
 heads (one per learning rate) can train at once, stacked in one batched matmul; each head's
 gradient, update and early stopping are exactly those it would have alone.
 """
@@ -49,14 +51,32 @@ def make_optimizer(heads: LinearHeads, lrs: list[float], momentum: float, weight
     return torch.optim.SGD(groups, lr=lrs[0], momentum=momentum, weight_decay=weight_decay)
 
 
-def train_one_epoch(heads: LinearHeads, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+Features = torch.Tensor | np.ndarray  # resident on the device, or a memory-mapped float16 .npy
+
+
+def take_rows(x: Features, idx: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Rows ``idx`` (in that order) as float32 on ``device``: indexed where they are resident,
+    read from the memory-mapped file otherwise (the same float16 values either way)."""
+    if isinstance(x, torch.Tensor):
+        return x[idx.to(x.device)].float()
+    return torch.from_numpy(np.asarray(x[idx.cpu().numpy()])).to(device).float()
+
+
+def take_range(x: Features, start: int, stop: int, device: torch.device) -> torch.Tensor:
+    if isinstance(x, torch.Tensor):
+        return x[start:stop].float()
+    return torch.from_numpy(np.array(x[start:stop])).to(device).float()  # a copy: the memory map is read-only
+
+
+def train_one_epoch(heads: LinearHeads, optimizer: torch.optim.Optimizer, x: Features, y: torch.Tensor,
                     batch_size: int, generator: torch.Generator) -> None:
-    """One pass over (x, y) in shuffled mini-batches; x may be float16 (cast per batch)."""
+    """One pass over (x, y) in shuffled mini-batches; x is float16 (cast per batch), resident
+    or memory-mapped; y is on the heads' device."""
     heads.train()
-    order = torch.randperm(len(x), generator=generator).to(x.device)
+    order = torch.randperm(len(x), generator=generator).to(y.device)
     for start in range(0, len(x), batch_size):
         idx = order[start:start + batch_size]
-        logits = heads(x[idx].float())  # (K, n, C)
+        logits = heads(take_rows(x, idx, y.device))  # (K, n, C)
         # sum over heads of each head's mean loss: every head gets exactly its own gradient
         loss = F.cross_entropy(logits.flatten(0, 1), y[idx].repeat(len(logits)), reduction="sum") / len(idx)
         optimizer.zero_grad(set_to_none=True)
@@ -65,13 +85,13 @@ def train_one_epoch(heads: LinearHeads, optimizer: torch.optim.Optimizer, x: tor
 
 
 @torch.inference_mode()
-def evaluate(heads: LinearHeads, x: torch.Tensor, y: torch.Tensor, chunk: int = 8192) -> tuple[torch.Tensor, torch.Tensor]:
+def evaluate(heads: LinearHeads, x: Features, y: torch.Tensor, chunk: int = 8192) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-head mean cross-entropy and accuracy over (x, y): two tensors of shape (K,)."""
     heads.eval()
-    loss_sum = torch.zeros(len(heads.weights), device=x.device)
+    loss_sum = torch.zeros(len(heads.weights), device=y.device)
     correct = torch.zeros_like(loss_sum)
     for start in range(0, len(x), chunk):
-        logits = heads(x[start:start + chunk].float())
+        logits = heads(take_range(x, start, start + chunk, y.device))
         target = y[start:start + chunk]
         loss_sum += F.cross_entropy(logits.transpose(1, 2), target.expand(len(logits), -1), reduction="none").sum(1)
         correct += (logits.argmax(-1) == target).sum(1)
@@ -87,8 +107,8 @@ class FitResult:
     history: list[dict[str, list[float]]]  # per epoch: train/val loss/accuracy, one value per head
 
 
-def fit(heads: LinearHeads, optimizer: torch.optim.Optimizer, train: tuple[torch.Tensor, torch.Tensor],
-        val: tuple[torch.Tensor, torch.Tensor], batch_size: int, max_epochs: int, patience: int,
+def fit(heads: LinearHeads, optimizer: torch.optim.Optimizer, train: tuple[Features, torch.Tensor],
+        val: tuple[Features, torch.Tensor], batch_size: int, max_epochs: int, patience: int,
         generator: torch.Generator, progress=None) -> FitResult:
     """Train until every head's validation loss has not improved for ``patience`` epochs."""
     k = len(heads.weights)

@@ -12,24 +12,49 @@ from tqdm import tqdm
 
 from plankton_transfer.data.features import load_meta, load_split
 from plankton_transfer.evaluation.calibration import fit_temperature
-from plankton_transfer.models.heads import FitResult, LinearHeads, fit, head_logits, make_optimizer
+from plankton_transfer.models.heads import Features, FitResult, LinearHeads, fit, head_logits, make_optimizer
 from plankton_transfer.params import TrainParams
-from plankton_transfer.runtime import environment, resolve_device, seed_everything, use_deterministic_algorithms
+from plankton_transfer.runtime import environment, free_memory, resolve_device, seed_everything, use_deterministic_algorithms
 
 
-def load_tensors(folder: Path, split: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """A split's float16 features and labels, resident on ``device``."""
+RESIDENT_SHARE = 0.5  # auto: keep features resident when they take at most this share of the free memory,
+# leaving the rest to the evaluation chunks, the page cache the file is read through, and other processes
+LOAD_ROWS = 65536  # rows copied at a time, so loading never holds a second full copy in host memory
+
+
+def load_tensors(folder: Path, split: str, device: torch.device, resident: bool = True) -> tuple[Features, torch.Tensor]:
+    """A split's float16 features, resident on ``device`` (or left memory-mapped), and labels on ``device``."""
     x, y = load_split(folder, split)
-    return torch.from_numpy(np.array(x)).to(device), torch.from_numpy(y).to(device)  # np.array: read into memory
+    labels = torch.from_numpy(y).to(device)
+    if not resident:
+        return x, labels
+    out = torch.empty(x.shape, dtype=torch.float16, device=device)
+    for start in range(0, len(x), LOAD_ROWS):
+        out[start:start + LOAD_ROWS] = torch.from_numpy(np.array(x[start:start + LOAD_ROWS]))
+    return out, labels
+
+
+def feature_placement(mode: str, folder: Path, device: torch.device) -> dict:
+    """Resident or streamed features for training: ``mode`` when forced, else resident when
+    train and val features fit in :data:`RESIDENT_SHARE` of the device's free memory."""
+    need = sum((folder / f"{s}.npy").stat().st_size for s in ("train", "val") if (folder / f"{s}.npy").is_file())
+    free = free_memory(device)
+    placement = mode if mode != "auto" else ("resident" if need <= RESIDENT_SHARE * free else "stream")
+    return {"placement": placement, "chosen_by": "auto" if mode == "auto" else "train.features_on_device",
+            "feature_bytes": need, "free_bytes": free, "device": str(device)}
 
 
 def train_heads(features: Path, cfg: TrainParams, seed: int) -> tuple[FitResult, dict, float]:
-    """Fit one head per learning rate; returns the result, the features' meta and seconds."""
+    """Fit one head per learning rate; returns the result, the features' meta (with how the
+    features were held, ``meta["train_features"]``) and seconds."""
     meta = load_meta(features)
     device = resolve_device(cfg.device)
     generator = seed_everything(seed)
     use_deterministic_algorithms()
-    train, val = load_tensors(features, "train", device), load_tensors(features, "val", device)
+    placement = feature_placement(cfg.features_on_device, Path(features), device)
+    resident = placement["placement"] == "resident"
+    train, val = load_tensors(features, "train", device, resident), load_tensors(features, "val", device, resident)
+    meta = {**meta, "train_features": placement}
     heads = LinearHeads(len(cfg.lrs), meta["feature_dim"], len(meta["classes"]), seed).to(device)
     optimizer = make_optimizer(heads, cfg.lrs, cfg.momentum, cfg.weight_decay)
     bar = tqdm(total=cfg.max_epochs, desc="train", unit="epoch", mininterval=1.0)
@@ -70,6 +95,7 @@ def model_record(result: FitResult, k: int, meta: dict, cfg: TrainParams, seed: 
             "lr_sweep": {str(lr): loss for lr, loss in zip(cfg.lrs, result.best_val_loss)},
             "params": params,
             "seed": seed,
+            "features": meta.get("train_features"),  # resident or streamed, and why
             "environment": environment(resolve_device(cfg.device)),
         },
     }
