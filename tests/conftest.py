@@ -78,6 +78,17 @@ def isolated_torch_home(tmp_path_factory, monkeypatch):
 NETGUARD = Path(__file__).resolve().parent / "netguard"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def one_thread_per_worker():
+    """Under pytest-xdist (make test: one worker per core), each worker and the processes it starts
+    use one thread: two workers each running a thread per core would fight over the cores."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        os.environ["OMP_NUM_THREADS"] = "1"
+        torch.set_num_threads(1)
+
+
 @pytest.fixture(scope="session")
 def netguard_log(tmp_path_factory) -> Path:
     """Install the socket guard here and in every Python subprocess (dvc, stages, tools)."""
