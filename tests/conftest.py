@@ -55,6 +55,18 @@ def project_params(**sections) -> dict:
     return params
 
 
+def filter_and_split(folder: Path, raw: Path, params: Path) -> None:
+    """Run the filter and split stages in-process: ``folder``/manifest.csv and ``folder``/split/."""
+    from stages import filter as filter_stage
+    from stages import split as split_stage
+
+    filter_stage.main(["--raw", str(raw), "--manifest", str(folder / "manifest.csv"), "--report",
+                       str(folder / "report.json"), "--metrics", str(folder / "f.json"), "--cache-file",
+                       str(folder / "cache.csv"), "--params", str(params)])
+    split_stage.main(["--manifest", str(folder / "manifest.csv"), "--out-dir", str(folder / "split"),
+                      "--metrics", str(folder / "s.json"), "--params", str(params)])
+
+
 def write_params(path: Path, **sections) -> Path:
     path.write_text(yaml.safe_dump(project_params(**sections), sort_keys=False))
     return path

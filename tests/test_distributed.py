@@ -18,9 +18,7 @@ from plankton_transfer.errors import UserError
 from plankton_transfer.launch import LAUNCHER_ENV, NPROC_ENV, Launch, requested_launch, worker_command
 from plankton_transfer.params import LAUNCHERS
 from stages import extract as extract_stage
-from stages import filter as filter_stage
-from stages import split as split_stage
-from tests.conftest import ROOT, make_dataset, write_params
+from tests.conftest import ROOT, filter_and_split, make_dataset, write_params
 from tests.pipeline_repo import command_env
 
 SPLITS = ("train", "val", "test")
@@ -39,11 +37,7 @@ def data(tmp_path_factory):
     raw = make_dataset(tmp / "raw", {"a": 6, "b": 7, "c": 6})
     params = write_params(tmp / "params.yaml", filter={"min_images_per_class": 3, "workers": 1},
                           extract={"batch_size": 8, "workers": 0})
-    filter_stage.main(["--raw", str(raw), "--manifest", str(tmp / "manifest.csv"), "--report",
-                       str(tmp / "report.json"), "--metrics", str(tmp / "f.json"), "--cache-file",
-                       str(tmp / "cache.csv"), "--params", str(params)])
-    split_stage.main(["--manifest", str(tmp / "manifest.csv"), "--out-dir", str(tmp / "split"),
-                      "--metrics", str(tmp / "s.json"), "--params", str(params)])
+    filter_and_split(tmp, raw, params)
     extract_stage.main(stage_args(tmp, "single"))
     return tmp
 

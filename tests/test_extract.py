@@ -8,14 +8,12 @@ import pytest
 import torch
 from PIL import Image
 
-from stages import extract as extract_stage
-from stages import filter as filter_stage
-from stages import split as split_stage
-from plankton_transfer.models.backbones import get_backbone
-from plankton_transfer.errors import UserError
 from plankton_transfer.data.features import FeatureWriter, load_split
 from plankton_transfer.data.preprocess import TensorPreprocess, make_transform
-from tests.conftest import make_dataset, write_params
+from plankton_transfer.errors import UserError
+from plankton_transfer.models.backbones import get_backbone
+from stages import extract as extract_stage
+from tests.conftest import filter_and_split, make_dataset, write_params
 
 
 def test_feature_writer_routes_rows_across_split_boundaries(tmp_path):
@@ -50,11 +48,7 @@ def prepared(tmp_path):
     Image.fromarray(np.full((40, 30), 90, np.uint8)).save(raw / "a" / "grey.png")  # not a JPEG: Pillow path
     params = write_params(tmp_path / "params.yaml", filter={"min_images_per_class": 3, "workers": 1},
                           extract={"batch_size": 8, "workers": 0})
-    filter_stage.main(["--raw", str(raw), "--manifest", str(tmp_path / "manifest.csv"), "--report",
-                       str(tmp_path / "report.json"), "--metrics", str(tmp_path / "f.json"), "--cache-file",
-                       str(tmp_path / "cache.csv"), "--params", str(params)])
-    split_stage.main(["--manifest", str(tmp_path / "manifest.csv"), "--out-dir", str(tmp_path / "split"),
-                      "--metrics", str(tmp_path / "s.json"), "--params", str(params)])
+    filter_and_split(tmp_path, raw, params)
     return tmp_path, raw, params
 
 
