@@ -28,10 +28,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--manifest", type=Path, default=Path("data/filtered/manifest.csv"))
     p.add_argument("--out-dir", type=Path, default=Path("data/split"))
     p.add_argument("--metrics", type=Path, default=Path("metrics/split.json"))
-    p.add_argument("--report", type=Path, default=Path("data/split_report.json"))
-    p.add_argument("--near-duplicates", type=Path, default=Path("data/split_near_duplicates.csv"))
+    p.add_argument("--report", type=Path, help="default: split_report.json beside --out-dir")
+    p.add_argument("--near-duplicates", type=Path, help="default: split_near_duplicates.csv beside --out-dir")
     params_argument(p)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    args.report = args.report or args.out_dir.parent / "split_report.json"
+    args.near_duplicates = args.near_duplicates or args.out_dir.parent / "split_near_duplicates.csv"
+    return args
 
 
 def main(argv: list[str] | None = None):

@@ -86,3 +86,17 @@ def test_stage_main(tmp_path):
     test = pd.read_csv(tmp_path / "split" / "test.csv", keep_default_na=False)
     assert set(test["split"]) == {"test"} and list(test.columns) == [*m.columns, "group"]
     assert (test["group"] == "").all()  # split.group: none
+
+
+def test_reports_default_to_beside_the_output_folder(tmp_path, monkeypatch):
+    """Without --report/--near-duplicates the split writes them beside --out-dir, never into the
+    project's data/ of whatever folder it was started from."""
+    monkeypatch.chdir(tmp_path)
+    manifest({"a": 10, "b": 10}).to_csv(tmp_path / "manifest.csv", index=False)
+    params = write_params(tmp_path / "params.yaml")
+    out = tmp_path / "run" / "split"
+    split_stage.main(["--manifest", str(tmp_path / "manifest.csv"), "--out-dir", str(out),
+                      "--metrics", str(tmp_path / "split.json"), "--params", str(params)])
+    assert json.loads((out.parent / "split_report.json").read_text())["near_duplicate_pairs_file"] == \
+        str(out.parent / "split_near_duplicates.csv")
+    assert (out.parent / "split_near_duplicates.csv").is_file() and not (tmp_path / "data").exists()
