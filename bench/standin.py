@@ -2,6 +2,7 @@
 by rotation, mirroring and scaling (the images of ../shared/ANCHORS.md's measurements)."""
 from __future__ import annotations
 
+import multiprocessing
 from pathlib import Path
 
 import numpy as np
@@ -30,18 +31,27 @@ def variant(img: Image.Image, rng: np.random.Generator) -> Image.Image:
     return canvas
 
 
-def build_standin(root: Path, classes: int, per_class: int, seed: int = 0) -> Path:
-    """``root/class_XX/*.jpg``; class k draws from sample class k mod 6. Reused if complete."""
+def build_class(folder: Path, pool: list[Image.Image], per_class: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(per_class):
+        variant(pool[i % len(pool)], rng).save(folder / f"{i:05d}.jpg", quality=85)
+
+
+def build_standin(root: Path, classes: int, per_class: int, seed: int = 0, workers: int = 1) -> Path:
+    """``root/class_XX/*.jpg``; class k draws from sample class k mod 6 with its own random stream
+    (seed, k), so the images do not depend on ``workers`` (processes, one class each). Reused if complete."""
     marker = root / f".complete-{classes}x{per_class}"
     if marker.exists():
         return root
     sources = list(source_images().values())
-    rng = np.random.default_rng(seed)
-    for k in range(classes):
-        folder = root / f"class_{k:02d}"
-        folder.mkdir(parents=True, exist_ok=True)
-        pool = sources[k % len(sources)]
-        for i in range(per_class):
-            variant(pool[i % len(pool)], rng).save(folder / f"{i:05d}.jpg", quality=85)
+    jobs = [(root / f"class_{k:02d}", sources[k % len(sources)], per_class, np.random.SeedSequence([seed, k]))
+            for k in range(classes)]
+    if workers > 1:
+        with multiprocessing.get_context("spawn").Pool(workers) as pool:
+            pool.starmap(build_class, jobs)
+    else:
+        for job in jobs:
+            build_class(*job)
     marker.touch()
     return root
