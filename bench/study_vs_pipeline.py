@@ -110,7 +110,7 @@ def run_pipeline(model: nn.Module, name: str, items: dict[str, list], classes: i
     paths = [str(p) for split in ("train", "val") for p, _ in items[split]]
     plain_jpegs = pd.DataFrame({"format": ["JPEG"] * len(paths), "converted": [False] * len(paths)})  # the stand-in
     dataset = ImageFiles(Path("/"), paths, make_transform(pre, "crop"), ImageParams(), draft_size(pre, "crop"),
-                         device_decodable(plain_jpegs, cfg.decode, device))
+                         device_decodable(plain_jpegs, cfg.decode))
     normalize = Normalize(pre.mean, pre.std).to(device)
     sizes = {"train": len(items["train"]), "val": len(items["val"])}
     start = time.perf_counter()
@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     device = resolve_device(args.device)
     data = args.data or build_standin(args.cache_dir / f"standin-{args.classes}x{args.per_class}", args.classes,
-                                      args.per_class)
+                                      args.per_class, workers=os.cpu_count() or 1)
     items, classes = split_items(data, 0.2)
     batch = args.batch_size or (256 if device.type == "cuda" else 32)
     cfg = ExtractParams(preprocess="crop", batch_size=batch, workers=args.workers, device=str(device), decode=args.decode)

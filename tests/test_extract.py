@@ -42,6 +42,21 @@ def test_tensor_preprocessing_matches_the_pillow_path(mode, size):
         assert (pil - tensor).abs().mean() < 2.0  # resampling round-off only
 
 
+@pytest.mark.parametrize("mode", ["pad", "crop"])
+def test_images_of_one_size_are_preprocessed_together_with_the_same_result(mode):
+    """GPU decoding preprocesses a batch's images of one size in one call (TensorPreprocess.many):
+    each image, its own border colour included, comes out as when done alone, in input order."""
+    rng = np.random.default_rng(1)
+    sizes = [(90, 300), (120, 120), (90, 300), (61, 37), (120, 120), (90, 300)]
+    images = [torch.from_numpy(rng.integers(0, 256, (3, h, w), dtype=np.uint8)) for h, w in sizes]
+    images[2][:, 0, :] = 7  # a different border from its same-size neighbours
+    prep = TensorPreprocess(get_backbone("alexnet").preprocess, mode)
+    together = prep.many(images)
+    assert len(together) == len(images)
+    for img, out in zip(images, together):
+        assert torch.equal(out, prep(img))
+
+
 @pytest.fixture
 def prepared(tmp_path):
     raw = make_dataset(tmp_path / "raw", {"a": 6, "b": 6, "c": 6})

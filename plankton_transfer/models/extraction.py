@@ -107,7 +107,7 @@ def run_extraction(model_name: str, raw: Path, parts: dict[str, pd.DataFrame], o
     rows = pd.concat([parts[s] for s in SPLITS], ignore_index=True)
     transform = make_transform(backbone.preprocess, cfg.preprocess)
     dataset = ImageFiles(raw, rows["path"].tolist(), transform, image_cfg, draft_size(backbone.preprocess, cfg.preprocess),
-                         device_decodable(rows, cfg.decode, device), sha256=rows["sha256"].tolist())
+                         device_decodable(rows, cfg.decode), sha256=rows["sha256"].tolist())
     normalize = Normalize(backbone.preprocess.mean, backbone.preprocess.std).to(device)
     sizes = {s: len(parts[s]) for s in SPLITS}
     lo, hi = share(len(rows), cfg.batch_size, ranks)
