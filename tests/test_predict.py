@@ -131,3 +131,19 @@ def test_needs_review_follows_each_class_threshold_and_a_class_without_one(tmp_p
     flags = review_flags(record, np.array([0, 0, 1, 2, 2]), np.array([0.95, 0.5, 0.99, 0.4, 0.39]))
     assert flags.tolist() == [False, True, True, False, True]
     assert review_flags({"classes": ["a"]}, np.array([0]), np.array([1.0])).tolist() == [True]  # no thresholds
+
+
+def test_an_out_that_is_a_file_the_run_reads_or_not_a_csv_is_refused_and_kept(tmp_path, model):
+    images = make_dataset(tmp_path / "new", {"a": 1})
+    image = images / "a" / "a_000.jpg"
+    names = tmp_path / "names.csv"
+    names.write_text("class,ecotaxa\nCopepoda,Copepoda<Maxillopoda\n")
+    notes = tmp_path / "notes.txt"
+    notes.write_text("field notes")
+    for source, out in ((image, image), (images, model), (images, names), (images, notes)):
+        before = out.read_bytes()
+        with pytest.raises(UserError, match="--out") as err:
+            predict.main(["--model", str(model), "--input", str(source), "--out", str(out),
+                          "--taxon-names", str(names), *CPU])
+        assert "\n" not in str(err.value)
+        assert out.read_bytes() == before

@@ -92,8 +92,9 @@ def summary_lines(name: str, inputs, table: pd.DataFrame, seconds: float, device
 def main(argv: list[str] | None = None) -> pd.DataFrame:
     args = parse_args(argv)
     extract_cfg, image_cfg, pretrained_cfg = settings(args)
-    check_output(args.out, args.input)
-    record = load_model_file(model_file(args.model, args.models_dir))
+    path = model_file(args.model, args.models_dir)
+    check_output(args.out, args.input, path, args.taxon_names)
+    record = load_model_file(path)
     taxon_names = read_taxon_names(args.taxon_names, record["classes"])
     if not record.get("thresholds"):
         print("note: this model file has no class thresholds (trained before they existed): every image is marked "
