@@ -147,3 +147,15 @@ def test_an_out_that_is_a_file_the_run_reads_or_not_a_csv_is_refused_and_kept(tm
                           "--taxon-names", str(names), *CPU])
         assert "\n" not in str(err.value)
         assert out.read_bytes() == before
+
+
+def test_a_second_run_with_nothing_classified_leaves_no_earlier_ecotaxa_table(tmp_path, model):
+    out = tmp_path / "results" / "p.csv"
+    predict.main(["--model", str(model), "--input", str(make_dataset(tmp_path / "new", {"a": 2})), "--out", str(out),
+                  *CPU])
+    assert len(tsv_rows(out.with_name("ecotaxa_p.tsv"))) == 2
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "cut.jpg").write_bytes(b"xx")
+    table = predict.main(["--model", str(model), "--input", str(tmp_path / "bad"), "--out", str(out), *CPU])
+    assert list(table["error"] != "") == [True]
+    assert len(tsv_rows(out.with_name("ecotaxa_p.tsv"))) == 0

@@ -106,13 +106,12 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     table, seconds = classify_items(predictor, inputs.items, image_cfg, extract_cfg.batch_size, extract_cfg.workers,
                                     args.top_k)
     write_csv(args.out, table)  # first: the classification is safe before anything else is written
-    files = [str(args.out)]
-    if (table["error"] == "").any():
-        tsv, count, problems = write_ecotaxa_results(table, inputs, args.out, taxon_names,
-                                                     f"plankton-transfer {record['backbone']}")
-        files += [str(tsv), f"{output_paths(args.out)[1]}/ ({count} images)"]
-        for problem in problems[:10]:
-            print(f"warning: {tsv}: {problem}", file=sys.stderr)
+    # the EcoTaxa table is written even with no rows, so an earlier run's table never stays beside this CSV
+    tsv, count, problems = write_ecotaxa_results(table, inputs, args.out, taxon_names,
+                                                 f"plankton-transfer {record['backbone']}")
+    files = [str(args.out), str(tsv)] + ([f"{output_paths(args.out)[1]}/ ({count} images)"] if count else [])
+    for problem in problems[:10]:
+        print(f"warning: {tsv}: {problem}", file=sys.stderr)
     print("\n".join(summary_lines(record["backbone"], inputs, table, seconds, predictor.device, files)))
     return table
 
