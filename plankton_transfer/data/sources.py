@@ -128,7 +128,8 @@ def list_ecotaxa(inputs: Inputs) -> None:
         if not row.main:
             inputs.ignored["secondary images of objects (img_rank)"] += 1
             continue
-        error = ("img_file_name leaves the export folder" if not row.path
+        error = (f"empty object_id ({row.where}); give the object an id" if not row.object_id
+                 else "img_file_name leaves the export folder" if not row.path
                  else f"object_id listed again ({row.where})" if row.object_id in seen
                  else f"missing image (listed in {row.where})" if not (inputs.root / row.path).is_file() else "")
         seen.add(row.object_id)
