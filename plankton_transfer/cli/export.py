@@ -87,9 +87,9 @@ def export_model(name: str, args: argparse.Namespace, raw: Path, image_cfg: Imag
     """Export one model into ``<out-dir>/<name>/``; returns the check's numbers."""
     record = load_model_file(args.models_dir / f"{name}.pt")
     folder = args.out_dir / name
-    folder.mkdir(parents=True, exist_ok=True)
     model = shipped_model(record, pretrained_cfg)
     images = check_images(raw, args.split_dir, record, image_cfg, args.check_images)
+    folder.mkdir(parents=True, exist_ok=True)  # only once the inputs are known good
     reference = reference_probabilities(model, record, images)
     start = time.perf_counter()
     onnx_diff = export_onnx(model, images, reference, folder / f"{name}.onnx", args.exporter)
@@ -117,6 +117,9 @@ def main(argv: list[str] | None = None) -> dict:
     names = check_model_names(args.models or params.get("models"))
     raw = Path(section(DataParams, params, "data").raw)
     image_cfg, pretrained_cfg = section(ImageParams, params, "image"), section(PretrainedParams, params, "pretrained")
+    for path in (args.out_dir, *(args.out_dir / name for name in names)):
+        if path.exists() and not path.is_dir():
+            raise UserError(f"--out-dir: {path} is a file, not a folder; choose another --out-dir (nothing was changed)")
     for name in names:
         if not (args.models_dir / f"{name}.pt").is_file():
             raise UserError(f"{args.models_dir / f'{name}.pt'} not found; run dvc repro to train {name} first")
