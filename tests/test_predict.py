@@ -159,3 +159,11 @@ def test_a_second_run_with_nothing_classified_leaves_no_earlier_ecotaxa_table(tm
     table = predict.main(["--model", str(model), "--input", str(tmp_path / "bad"), "--out", str(out), *CPU])
     assert list(table["error"] != "") == [True]
     assert len(tsv_rows(out.with_name("ecotaxa_p.tsv"))) == 0
+
+
+@pytest.mark.parametrize("flag", [["--batch-size", "0"], ["--top-k", "0"], ["--workers", "-2"]])
+def test_a_bad_number_on_the_command_line_names_the_option_not_params_yaml(tmp_path, model, flag, capsys):
+    with pytest.raises(SystemExit):
+        predict.main(["--model", str(model), "--input", str(tmp_path), "--out", str(tmp_path / "p.csv"), *flag])
+    err = capsys.readouterr().err
+    assert f"argument {flag[0]}" in err and "params.yaml" not in err

@@ -34,6 +34,17 @@ from plankton_transfer.params import (PARAMS_FILE, ExtractParams, ImageParams, P
                                       section)
 
 
+def whole_number(least: int):
+    """An argparse type: a whole number >= ``least`` (argparse turns the ValueError into one line)."""
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < least:
+            raise argparse.ArgumentTypeError(f"{value} is under {least}")
+        return value
+    parse.__name__ = f"whole number >= {least}"
+    return parse
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", "--model-file", dest="model", required=True, help="backbone name or model file")
@@ -41,11 +52,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--input-type", choices=["auto", *KINDS], default="auto")
     p.add_argument("--out", type=Path, default=Path("predictions.csv"),
                    help="the CSV (the EcoTaxa table goes beside it)")
-    p.add_argument("--top-k", type=int, default=3, help="classes listed per image")
+    p.add_argument("--top-k", type=whole_number(1), default=3, help="classes listed per image")
     p.add_argument("--taxon-names", type=Path, help="CSV with columns class,ecotaxa: EcoTaxa names for the classes")
     p.add_argument("--device", help="auto | cpu | cuda (default: extract.device)")
-    p.add_argument("--batch-size", type=int, help="default: extract.batch_size")
-    p.add_argument("--workers", type=int, help="image decoding processes; default: extract.workers (-1 = auto)")
+    p.add_argument("--batch-size", type=whole_number(1), help="default: extract.batch_size")
+    p.add_argument("--workers", type=whole_number(-1), help="image decoding processes; default: extract.workers (-1 = auto)")
     p.add_argument("--models-dir", type=Path, default=Path("models"), help="where backbone names are looked up")
     p.add_argument("--params", type=Path, help=f"params file (default: {PARAMS_FILE} when present)")
     return p.parse_args(argv)
