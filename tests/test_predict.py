@@ -167,3 +167,12 @@ def test_a_bad_number_on_the_command_line_names_the_option_not_params_yaml(tmp_p
         predict.main(["--model", str(model), "--input", str(tmp_path), "--out", str(tmp_path / "p.csv"), *flag])
     err = capsys.readouterr().err
     assert f"argument {flag[0]}" in err and "params.yaml" not in err
+
+
+def test_a_file_name_with_a_tab_or_line_break_gets_a_valid_ecotaxa_table(tmp_path, model):
+    images = make_dataset(tmp_path / "new", {"a": 2})
+    (images / "a" / "a_000.jpg").rename(images / "a" / "tab\there.jpg")
+    (images / "a" / "a_001.jpg").rename(images / "a" / "line\nbreak.jpg")
+    out = tmp_path / "results" / "p.csv"
+    predict.main(["--model", str(model), "--input", str(images), "--out", str(out), *CPU])
+    assert len(tsv_rows(out.with_name("ecotaxa_p.tsv"))) == 2  # tsv_rows checks every image is beside the table

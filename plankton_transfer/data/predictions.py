@@ -19,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 from PIL import Image
 
-from plankton_transfer.data.ecotaxa_tsv import validate_ecotaxa_tsv, write_ecotaxa_tsv
+from plankton_transfer.data.ecotaxa_tsv import clean_cell, validate_ecotaxa_tsv, write_ecotaxa_tsv
 from plankton_transfer.data.sources import Inputs, Item, roi_pixels
 from plankton_transfer.errors import UserError
 
@@ -79,8 +79,9 @@ def read_taxon_names(path: Path | None, classes: list[str]) -> dict[str, str]:
 
 
 def image_name(item: Item, kind: str) -> str:
-    """Where an item's image goes inside the images folder."""
-    return f"{item.sample}/{item.id}.png" if kind == "ifcb" else item.file
+    """Where an item's image goes inside the images folder: the name the table's cell holds, so
+    a tab or line break in a file name (a space in the table) names the same file."""
+    return clean_cell(f"{item.sample}/{item.id}.png" if kind == "ifcb" else item.file)
 
 
 def replace_file(destination: Path, write) -> None:
