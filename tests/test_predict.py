@@ -176,3 +176,11 @@ def test_a_file_name_with_a_tab_or_line_break_gets_a_valid_ecotaxa_table(tmp_pat
     out = tmp_path / "results" / "p.csv"
     predict.main(["--model", str(model), "--input", str(images), "--out", str(out), *CPU])
     assert len(tsv_rows(out.with_name("ecotaxa_p.tsv"))) == 2  # tsv_rows checks every image is beside the table
+
+
+def test_a_backbone_name_is_looked_up_in_models_even_beside_a_folder_of_that_name(tmp_path, monkeypatch):
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "alexnet.pt").write_bytes(b"x")
+    (tmp_path / "alexnet").mkdir()  # e.g. plankton-export --out-dir .
+    monkeypatch.chdir(tmp_path)
+    assert predict.model_file("alexnet", tmp_path / "models") == tmp_path / "models" / "alexnet.pt"

@@ -65,7 +65,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def model_file(value: str, models_dir: Path) -> Path:
     """A model file path as given, or ``<models_dir>/<name>.pt`` for a backbone name."""
     path = Path(value)
-    if path.exists() or path.suffix in (".pt", ".pth") or "/" in value:
+    if path.is_file() or path.suffix in (".pt", ".pth") or "/" in value:  # a folder named like the backbone: a name
         return path
     named = models_dir / f"{value}.pt"
     if not named.exists():
