@@ -92,3 +92,15 @@ def test_the_validator_accepts_what_the_writer_writes_and_names_each_broken_rule
         assert expected in problems, expected
     (tmp_path / "ecotaxa_one_row.tsv").write_text("object_id\n", encoding="utf-8")
     assert "fewer than two rows" in validate_ecotaxa_tsv(tmp_path / "ecotaxa_one_row.tsv")[0]
+
+
+def test_rows_without_an_object_id_are_separate_objects_and_predict_marks_them(tmp_path):
+    from plankton_transfer.data.ecotaxa import read_rows
+    from plankton_transfer.data.sources import list_inputs
+    (tmp_path / "ecotaxa_x.tsv").write_text("object_id\timg_file_name\n[t]\t[t]\n\ta.jpg\n\tb.jpg\nc\tc.jpg\n")
+    for name in "abc":
+        (tmp_path / f"{name}.jpg").write_bytes(b"x")
+    rows, _ = read_rows(tmp_path)
+    assert [row.main for row in rows] == [True, True, True]
+    errors = [item.error for item in list_inputs(tmp_path, "ecotaxa").items]
+    assert ["empty object_id" in e for e in errors] == [True, True, False]

@@ -70,3 +70,18 @@ def test_prediction_on_bins_writes_the_rois_as_png_and_a_valid_ecotaxa_table(tmp
     assert set(rows["object_id"]) == set(expected) and set(rows["sample_id"]) == {V1, V2, V2_REORDERED}
     for name, object_id in zip(rows["img_file_name"], rows["object_id"]):
         np.testing.assert_array_equal(np.asarray(Image.open(tsv.parent / name)), expected[object_id])
+
+
+def test_a_bin_without_its_adc_or_named_unlike_a_bin_is_reported_not_dropped(tmp_path):
+    rng = np.random.default_rng(5)
+    write_bin(tmp_path, "D20240105T000000_IFCB101", [random_pixels(rng, 10, 12)], schema=2)
+    (tmp_path / "D20240105T000000_IFCB101.adc").unlink()
+    write_bin(tmp_path, "D20240106T000000_IFCB101", [random_pixels(rng, 10, 12)], schema=2)
+    for ext in ("adc", "hdr", "roi"):
+        (tmp_path / f"D20240106T000000_IFCB101.{ext}").rename(tmp_path / f"renamed.{ext}")
+    write_bin(tmp_path, "D20240107T000000_IFCB101", [random_pixels(rng, 10, 12)], schema=2)
+    inputs = list_inputs(tmp_path, "ifcb")
+    errors = {item.id: item.error for item in inputs.items if item.error}
+    assert "no .adc" in errors["D20240105T000000_IFCB101"]
+    assert [item.id for item in inputs.items if not item.error] == ["D20240107T000000_IFCB101_00001"]
+    assert inputs.ignored["other files"] == 3

@@ -131,3 +131,56 @@ def test_needs_review_follows_each_class_threshold_and_a_class_without_one(tmp_p
     flags = review_flags(record, np.array([0, 0, 1, 2, 2]), np.array([0.95, 0.5, 0.99, 0.4, 0.39]))
     assert flags.tolist() == [False, True, True, False, True]
     assert review_flags({"classes": ["a"]}, np.array([0]), np.array([1.0])).tolist() == [True]  # no thresholds
+
+
+def test_an_out_that_is_a_file_the_run_reads_or_not_a_csv_is_refused_and_kept(tmp_path, model):
+    images = make_dataset(tmp_path / "new", {"a": 1})
+    image = images / "a" / "a_000.jpg"
+    names = tmp_path / "names.csv"
+    names.write_text("class,ecotaxa\nCopepoda,Copepoda<Maxillopoda\n")
+    notes = tmp_path / "notes.txt"
+    notes.write_text("field notes")
+    for source, out in ((image, image), (images, model), (images, names), (images, notes)):
+        before = out.read_bytes()
+        with pytest.raises(UserError, match="--out") as err:
+            predict.main(["--model", str(model), "--input", str(source), "--out", str(out),
+                          "--taxon-names", str(names), *CPU])
+        assert "\n" not in str(err.value)
+        assert out.read_bytes() == before
+
+
+def test_a_second_run_with_nothing_classified_leaves_no_earlier_ecotaxa_table(tmp_path, model):
+    out = tmp_path / "results" / "p.csv"
+    predict.main(["--model", str(model), "--input", str(make_dataset(tmp_path / "new", {"a": 2})), "--out", str(out),
+                  *CPU])
+    assert len(tsv_rows(out.with_name("ecotaxa_p.tsv"))) == 2
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "cut.jpg").write_bytes(b"xx")
+    table = predict.main(["--model", str(model), "--input", str(tmp_path / "bad"), "--out", str(out), *CPU])
+    assert list(table["error"] != "") == [True]
+    assert len(tsv_rows(out.with_name("ecotaxa_p.tsv"))) == 0
+
+
+@pytest.mark.parametrize("flag", [["--batch-size", "0"], ["--top-k", "0"], ["--workers", "-2"]])
+def test_a_bad_number_on_the_command_line_names_the_option_not_params_yaml(tmp_path, model, flag, capsys):
+    with pytest.raises(SystemExit):
+        predict.main(["--model", str(model), "--input", str(tmp_path), "--out", str(tmp_path / "p.csv"), *flag])
+    err = capsys.readouterr().err
+    assert f"argument {flag[0]}" in err and "params.yaml" not in err
+
+
+def test_a_file_name_with_a_tab_or_line_break_gets_a_valid_ecotaxa_table(tmp_path, model):
+    images = make_dataset(tmp_path / "new", {"a": 2})
+    (images / "a" / "a_000.jpg").rename(images / "a" / "tab\there.jpg")
+    (images / "a" / "a_001.jpg").rename(images / "a" / "line\nbreak.jpg")
+    out = tmp_path / "results" / "p.csv"
+    predict.main(["--model", str(model), "--input", str(images), "--out", str(out), *CPU])
+    assert len(tsv_rows(out.with_name("ecotaxa_p.tsv"))) == 2  # tsv_rows checks every image is beside the table
+
+
+def test_a_backbone_name_is_looked_up_in_models_even_beside_a_folder_of_that_name(tmp_path, monkeypatch):
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "alexnet.pt").write_bytes(b"x")
+    (tmp_path / "alexnet").mkdir()  # e.g. plankton-export --out-dir .
+    monkeypatch.chdir(tmp_path)
+    assert predict.model_file("alexnet", tmp_path / "models") == tmp_path / "models" / "alexnet.pt"

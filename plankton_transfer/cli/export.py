@@ -29,8 +29,8 @@ from plankton_transfer.data.splitting import SPLITS, read_splits
 from plankton_transfer.errors import UserError, run_cli
 from plankton_transfer.evaluation.model_card import model_card
 from plankton_transfer.files import read_json, write_json, write_text
-from plankton_transfer.models.export import (EXPORTERS, export_description, export_onnx, export_torchscript,
-                                             reference_probabilities, shipped_model)
+from plankton_transfer.models.export import (EXPORTERS, export_description, export_onnx, reference_probabilities,
+                                             save_traced, shipped_model, trace_checked)
 from plankton_transfer.models.heads import load_model_file
 from plankton_transfer.params import (DataParams, ImageParams, PretrainedParams, check_model_names, params_argument,
                                       read_params, section)
@@ -87,13 +87,14 @@ def export_model(name: str, args: argparse.Namespace, raw: Path, image_cfg: Imag
     """Export one model into ``<out-dir>/<name>/``; returns the check's numbers."""
     record = load_model_file(args.models_dir / f"{name}.pt")
     folder = args.out_dir / name
-    folder.mkdir(parents=True, exist_ok=True)
     model = shipped_model(record, pretrained_cfg)
     images = check_images(raw, args.split_dir, record, image_cfg, args.check_images)
     reference = reference_probabilities(model, record, images)
     start = time.perf_counter()
+    traced, script_diff = trace_checked(model, images, reference)  # both checked before either file is written
+    folder.mkdir(parents=True, exist_ok=True)  # only once the inputs are known good
     onnx_diff = export_onnx(model, images, reference, folder / f"{name}.onnx", args.exporter)
-    script_diff = export_torchscript(model, images, reference, folder / f"{name}.torchscript.pt")
+    save_traced(traced, folder / f"{name}.torchscript.pt")
     checks = {"test_images": len(images), "tolerance": 1e-4, "onnx_max_abs_diff": onnx_diff,
               "torchscript_max_abs_diff": script_diff, "onnx_exporter": args.exporter,
               "onnxruntime": onnxruntime.__version__, "torch": str(torch.__version__),
@@ -117,6 +118,9 @@ def main(argv: list[str] | None = None) -> dict:
     names = check_model_names(args.models or params.get("models"))
     raw = Path(section(DataParams, params, "data").raw)
     image_cfg, pretrained_cfg = section(ImageParams, params, "image"), section(PretrainedParams, params, "pretrained")
+    for path in (args.out_dir, *(args.out_dir / name for name in names)):
+        if path.exists() and not path.is_dir():
+            raise UserError(f"--out-dir: {path} is a file, not a folder; choose another --out-dir (nothing was changed)")
     for name in names:
         if not (args.models_dir / f"{name}.pt").is_file():
             raise UserError(f"{args.models_dir / f'{name}.pt'} not found; run dvc repro to train {name} first")

@@ -34,6 +34,17 @@ from plankton_transfer.params import (PARAMS_FILE, ExtractParams, ImageParams, P
                                       section)
 
 
+def whole_number(least: int):
+    """An argparse type: a whole number >= ``least`` (argparse turns the ValueError into one line)."""
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < least:
+            raise argparse.ArgumentTypeError(f"{value} is under {least}")
+        return value
+    parse.__name__ = f"whole number >= {least}"
+    return parse
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", "--model-file", dest="model", required=True, help="backbone name or model file")
@@ -41,11 +52,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--input-type", choices=["auto", *KINDS], default="auto")
     p.add_argument("--out", type=Path, default=Path("predictions.csv"),
                    help="the CSV (the EcoTaxa table goes beside it)")
-    p.add_argument("--top-k", type=int, default=3, help="classes listed per image")
+    p.add_argument("--top-k", type=whole_number(1), default=3, help="classes listed per image")
     p.add_argument("--taxon-names", type=Path, help="CSV with columns class,ecotaxa: EcoTaxa names for the classes")
     p.add_argument("--device", help="auto | cpu | cuda (default: extract.device)")
-    p.add_argument("--batch-size", type=int, help="default: extract.batch_size")
-    p.add_argument("--workers", type=int, help="image decoding processes; default: extract.workers (-1 = auto)")
+    p.add_argument("--batch-size", type=whole_number(1), help="default: extract.batch_size")
+    p.add_argument("--workers", type=whole_number(-1), help="image decoding processes; default: extract.workers (-1 = auto)")
     p.add_argument("--models-dir", type=Path, default=Path("models"), help="where backbone names are looked up")
     p.add_argument("--params", type=Path, help=f"params file (default: {PARAMS_FILE} when present)")
     return p.parse_args(argv)
@@ -54,7 +65,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def model_file(value: str, models_dir: Path) -> Path:
     """A model file path as given, or ``<models_dir>/<name>.pt`` for a backbone name."""
     path = Path(value)
-    if path.exists() or path.suffix in (".pt", ".pth") or "/" in value:
+    if path.is_file() or path.suffix in (".pt", ".pth") or "/" in value:  # a folder named like the backbone: a name
         return path
     named = models_dir / f"{value}.pt"
     if not named.exists():
@@ -92,8 +103,9 @@ def summary_lines(name: str, inputs, table: pd.DataFrame, seconds: float, device
 def main(argv: list[str] | None = None) -> pd.DataFrame:
     args = parse_args(argv)
     extract_cfg, image_cfg, pretrained_cfg = settings(args)
-    check_output(args.out, args.input)
-    record = load_model_file(model_file(args.model, args.models_dir))
+    path = model_file(args.model, args.models_dir)
+    check_output(args.out, args.input, path, args.taxon_names)
+    record = load_model_file(path)
     taxon_names = read_taxon_names(args.taxon_names, record["classes"])
     if not record.get("thresholds"):
         print("note: this model file has no class thresholds (trained before they existed): every image is marked "
@@ -105,13 +117,12 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     table, seconds = classify_items(predictor, inputs.items, image_cfg, extract_cfg.batch_size, extract_cfg.workers,
                                     args.top_k)
     write_csv(args.out, table)  # first: the classification is safe before anything else is written
-    files = [str(args.out)]
-    if (table["error"] == "").any():
-        tsv, count, problems = write_ecotaxa_results(table, inputs, args.out, taxon_names,
-                                                     f"plankton-transfer {record['backbone']}")
-        files += [str(tsv), f"{output_paths(args.out)[1]}/ ({count} images)"]
-        for problem in problems[:10]:
-            print(f"warning: {tsv}: {problem}", file=sys.stderr)
+    # the EcoTaxa table is written even with no rows, so an earlier run's table never stays beside this CSV
+    tsv, count, problems = write_ecotaxa_results(table, inputs, args.out, taxon_names,
+                                                 f"plankton-transfer {record['backbone']}")
+    files = [str(args.out), str(tsv)] + ([f"{output_paths(args.out)[1]}/ ({count} images)"] if count else [])
+    for problem in problems[:10]:
+        print(f"warning: {tsv}: {problem}", file=sys.stderr)
     print("\n".join(summary_lines(record["backbone"], inputs, table, seconds, predictor.device, files)))
     return table
 

@@ -88,13 +88,15 @@ def image_path(table_dir: PurePosixPath, name: str) -> str:
 
 
 def main_rank_rows(frame: pd.DataFrame) -> pd.Series:
-    """True for each object's main image: its lowest ``img_rank`` (first row on a tie)."""
+    """True for each object's main image: its lowest ``img_rank`` (first row on a tie). A row
+    without an object_id is its own object (rows with empty ids are not images of one object)."""
+    no_id = frame["object_id"].str.strip() == ""
     if "img_rank" not in frame.columns:
-        return ~frame["object_id"].duplicated()
+        return ~frame["object_id"].duplicated() | no_id
     rank = pd.to_numeric(frame["img_rank"], errors="coerce").fillna(0)
     order = rank.sort_values(kind="stable").index
     first = ~frame.loc[order, "object_id"].duplicated()
-    return first.reindex(frame.index)
+    return first.reindex(frame.index) | no_id
 
 
 def read_rows(raw: Path) -> tuple[list[EcotaxaRow], list[Path]]:

@@ -19,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 from PIL import Image
 
-from plankton_transfer.data.ecotaxa_tsv import validate_ecotaxa_tsv, write_ecotaxa_tsv
+from plankton_transfer.data.ecotaxa_tsv import clean_cell, validate_ecotaxa_tsv, write_ecotaxa_tsv
 from plankton_transfer.data.sources import Inputs, Item, roi_pixels
 from plankton_transfer.errors import UserError
 
@@ -33,12 +33,21 @@ def output_paths(out: Path) -> tuple[Path, Path]:
     return out.with_name(f"ecotaxa_{out.stem}.tsv"), out.with_name(f"{out.stem}_images")
 
 
-def check_output(out: Path, input_path: Path) -> None:
-    """Refuse, before any work, an output that is a folder or lies inside the input folder."""
+def check_output(out: Path, input_path: Path, *read: Path | None) -> None:
+    """Refuse, before any work, an output that is a folder, lies inside the input folder, is one of
+    the files the run reads (``input_path``, ``read``: model file, --taxon-names) or an existing
+    file that is not a CSV (an image, a model, params.yaml: never overwritten by a mistyped --out)."""
     tsv, images = output_paths(out)
     if out.is_dir():
         raise UserError(f"--out {out} is a folder; give a file name for the results, e.g. {out / 'predictions.csv'} "
                         "(nothing was changed)")
+    for path in (input_path, *read):
+        if path is not None and path.is_file() and out.exists() and out.samefile(path):
+            raise UserError(f"--out {out} is the file {path} that this run reads; give a new file name for the "
+                            "results (nothing was changed)")
+    if out.exists() and out.suffix.lower() != ".csv":
+        raise UserError(f"--out {out} exists and is not a .csv file; results are only written over an earlier "
+                        "results CSV: give a new name ending in .csv (nothing was changed)")
     if input_path.is_dir() and out.resolve().is_relative_to(input_path.resolve()):
         raise UserError(f"--out {out} lies inside the input folder {input_path}; write the results elsewhere "
                         "(nothing was changed)")
@@ -70,8 +79,9 @@ def read_taxon_names(path: Path | None, classes: list[str]) -> dict[str, str]:
 
 
 def image_name(item: Item, kind: str) -> str:
-    """Where an item's image goes inside the images folder."""
-    return f"{item.sample}/{item.id}.png" if kind == "ifcb" else item.file
+    """Where an item's image goes inside the images folder: the name the table's cell holds, so
+    a tab or line break in a file name (a space in the table) names the same file."""
+    return clean_cell(f"{item.sample}/{item.id}.png" if kind == "ifcb" else item.file)
 
 
 def replace_file(destination: Path, write) -> None:

@@ -128,7 +128,8 @@ def list_ecotaxa(inputs: Inputs) -> None:
         if not row.main:
             inputs.ignored["secondary images of objects (img_rank)"] += 1
             continue
-        error = ("img_file_name leaves the export folder" if not row.path
+        error = (f"empty object_id ({row.where}); give the object an id" if not row.object_id
+                 else "img_file_name leaves the export folder" if not row.path
                  else f"object_id listed again ({row.where})" if row.object_id in seen
                  else f"missing image (listed in {row.where})" if not (inputs.root / row.path).is_file() else "")
         seen.add(row.object_id)
@@ -142,11 +143,23 @@ def list_ifcb(inputs: Inputs) -> None:
     root = inputs.root
     for folder, dirs, files in os.walk(root):
         dirs[:] = sorted(d for d in dirs if not is_hidden(d))
+        rel_dir = Path(folder).relative_to(root).as_posix()
         for name in sorted(f for f in files if f.endswith(".adc")):
             b = ifcb.bin_of(Path(folder) / name)
             if b is not None:
-                add_bin(inputs, b, Path(folder).relative_to(root).as_posix())
-        inputs.ignored["other files"] += sum(1 for f in files if not f.endswith((".adc", ".hdr", ".roi")))
+                add_bin(inputs, b, rel_dir)
+        add_bins_without_adc(inputs, Path(folder), files, rel_dir)
+        inputs.ignored["other files"] += sum(1 for f in files if not f.endswith((".adc", ".hdr", ".roi"))
+                                             or ifcb.schema_of(f[:-4]) is None)
+
+
+def add_bins_without_adc(inputs: Inputs, folder: Path, files: list[str], rel_dir: str) -> None:
+    """An error item for each bin that has a .roi or .hdr but no .adc (its ROIs cannot be found)."""
+    lids = {f[:-4] for f in files if f.endswith((".roi", ".hdr")) and ifcb.schema_of(f[:-4])}
+    for lid in sorted(lids - {f[:-4] for f in files if f.endswith(".adc")}):
+        name = readable(f"{lid}.roi" if rel_dir == "." else f"{rel_dir}/{lid}.roi")
+        inputs.items.append(Item(id=readable(lid), file=name, sample=readable(lid),
+                                 error="incomplete bin: no .adc file beside the .roi/.hdr"))
 
 
 def add_bin(inputs: Inputs, b: ifcb.Bin, rel_dir: str) -> None:

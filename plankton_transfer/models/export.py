@@ -106,16 +106,28 @@ def export_onnx(model: ShippedClassifier, images: torch.Tensor, reference: np.nd
     return difference
 
 
-def export_torchscript(model: ShippedClassifier, images: torch.Tensor, reference: np.ndarray, path: Path) -> float:
-    """Trace ``model`` and write it to ``path`` if it matches ``reference``; returns the largest difference."""
+def trace_checked(model: ShippedClassifier, images: torch.Tensor, reference: np.ndarray) -> tuple[object, float]:
+    """``model`` traced, refused unless it matches ``reference``; and the largest difference.
+    Nothing is written, so the export can check both formats before writing either."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # TorchScript's own deprecation notices
         traced = torch.jit.trace(model, images[:2], check_trace=False)  # the batch size stays free when tracing
         with torch.inference_mode():
             difference = largest_difference(lambda x: traced(x).numpy(), images, reference)
-        refuse_if_different("TorchScript", difference)
-        with atomic_path(path) as tmp:
-            traced.save(str(tmp))
+    refuse_if_different("TorchScript", difference)
+    return traced, difference
+
+
+def save_traced(traced, path: Path) -> None:
+    with atomic_path(path) as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        traced.save(str(tmp))
+
+
+def export_torchscript(model: ShippedClassifier, images: torch.Tensor, reference: np.ndarray, path: Path) -> float:
+    """Trace ``model`` and write it to ``path`` if it matches ``reference``; returns the largest difference."""
+    traced, difference = trace_checked(model, images, reference)
+    save_traced(traced, path)
     return difference
 
 
