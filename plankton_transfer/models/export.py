@@ -124,13 +124,6 @@ def save_traced(traced, path: Path) -> None:
         traced.save(str(tmp))
 
 
-def export_torchscript(model: ShippedClassifier, images: torch.Tensor, reference: np.ndarray, path: Path) -> float:
-    """Trace ``model`` and write it to ``path`` if it matches ``reference``; returns the largest difference."""
-    traced, difference = trace_checked(model, images, reference)
-    save_traced(traced, path)
-    return difference
-
-
 def preprocessing_description(record: dict) -> dict:
     """What the caller does before the network, and what the network does itself."""
     pre, mode = Preprocess.from_record(record["preprocess"]), record["preprocess"]["mode"]
