@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -110,3 +111,14 @@ def test_stage_writes_numbers_per_fold_table_and_pooled_confusion(tmp_path):
     assert summary["accuracy_mean"] > 0.6  # separable blobs: the protocol learns them
     confusion = json.loads((tmp_path / "confusion.json").read_text())
     assert len(confusion) == 60 * 2 and {"actual", "predicted"} == set(confusion[0])
+
+
+def test_more_folds_than_the_smallest_class_is_said_in_one_note_not_a_sklearn_warning(capsys):
+    y = np.array([0] * 3 + [1] * 12)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # sklearn's own UserWarning would fail here
+        folds = make_folds(y, None, CrossvalParams(folds=5, repeats=1), seed=0)
+    assert len(folds) == 5 and sorted(np.concatenate([f.test for f in folds]).tolist()) == list(range(15))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["note: crossval.folds is 5 but the smallest class has 3 images: some folds test none of its "
+                   "images (lower crossval.folds to test every class in every fold)"]

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 import warnings
 
 import numpy as np
@@ -44,13 +45,19 @@ class Fold:
 def make_folds(y: np.ndarray, groups: np.ndarray | None, cfg: CrossvalParams, seed: int) -> list[Fold]:
     """``cfg.folds`` x ``cfg.repeats`` folds, each with a validation part carved from its training part."""
     zeros = np.zeros(len(y))
+    smallest = int(np.bincount(y)[np.unique(y)].min())
+    if smallest < cfg.folds:
+        print(f"note: crossval.folds is {cfg.folds} but the smallest class has {smallest} images: some folds test "
+              "none of its images (lower crossval.folds to test every class in every fold)", file=sys.stderr)
     try:
-        if groups is None:
-            splits = list(RepeatedStratifiedKFold(n_splits=cfg.folds, n_repeats=cfg.repeats,
-                                                  random_state=seed).split(zeros, y))
-        else:
-            splits = [s for r in range(cfg.repeats) for s in StratifiedGroupKFold(
-                n_splits=cfg.folds, shuffle=True, random_state=seed + r).split(zeros, y, groups)]
+        with warnings.catch_warnings():  # said once above, in the project's words
+            warnings.filterwarnings("ignore", "The least populated class", UserWarning)
+            if groups is None:
+                splits = list(RepeatedStratifiedKFold(n_splits=cfg.folds, n_repeats=cfg.repeats,
+                                                      random_state=seed).split(zeros, y))
+            else:
+                splits = [s for r in range(cfg.repeats) for s in StratifiedGroupKFold(
+                    n_splits=cfg.folds, shuffle=True, random_state=seed + r).split(zeros, y, groups)]
     except ValueError as err:
         raise UserError(f"cross-validation: {err}; lower crossval.folds") from None
     folds = []
