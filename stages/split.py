@@ -50,6 +50,10 @@ def main(argv: list[str] | None = None):
     sizes, leakage = result.metrics["sizes"], result.metrics["leakage"]
     print("split: " + ", ".join(f"{n} {name}" for name, n in sizes.items())
           + f" (largest difference from the asked fractions: {result.metrics['fraction_difference']:.3f})")
+    for name, missing in result.report["classes_missing"].items():
+        if missing:
+            print(f"  warning: no {name} image of {', '.join(missing)} (too few images, or one split.group holds "
+                  f"the whole class); its {name} numbers cannot be measured")
     if leakage["near_duplicate_pairs"]:
         print(f"  {leakage['near_duplicate_pairs']} near-duplicate pairs across splits (hash distance <= "
               f"{fractions.near_duplicate_distance}), listed in {args.near_duplicates}; split.group: near_duplicates "

@@ -107,6 +107,16 @@ def test_a_group_regex_keeps_each_sample_in_one_split_and_is_deterministic(filte
     assert report["grouping"]["groups"] == BASES and report["grouping"]["unmatched_paths"] == 0
 
 
+def test_a_group_holding_a_whole_class_is_warned_about_and_reported(filtered, capsys):
+    root, _ = filtered
+    parts, _, _ = run_split(root, "whole_class", group=r"^(Copepoda)/")
+    assert set(parts[parts["class"] == "Copepoda"]["split"]) == {"train"}
+    report = json.loads((root / "whole_class" / "report.json").read_text())
+    assert report["classes_missing"] == {"train": [], "val": ["Copepoda"], "test": ["Copepoda"]}
+    out = capsys.readouterr().out
+    assert "warning: no val image of Copepoda" in out and "warning: no test image of Copepoda" in out
+
+
 def test_a_regex_that_matches_nothing_or_has_no_group_is_refused(filtered):
     root, _ = filtered
     with pytest.raises(UserError, match="matches no image path"):

@@ -42,8 +42,15 @@ def split_and_check(manifest: pd.DataFrame, fractions: SplitParams, seed: int) -
     fractions_seen = fraction_report(everything["split"], everything, fractions)
     grouping["groups_in_several_splits"] = groups_in_several_splits(
         everything["split"], None if groups is None else everything["group"])
-    report = {"grouping": grouping, "fractions": fractions_seen,
+    report = {"grouping": grouping, "fractions": fractions_seen, "classes_missing": classes_missing(parts),
               "near_duplicates": {"max_distance": fractions.near_duplicate_distance, **leakage}}
     metrics = {"sizes": {name: len(part) for name, part in parts.items()},
                "leakage": leakage, "fraction_difference": fractions_seen["largest_difference"]}
     return SplitResult(parts, pairs, report, metrics)
+
+
+def classes_missing(parts: dict[str, pd.DataFrame]) -> dict[str, list[str]]:
+    """For each split, the classes with no image in it (a class too small, or one group holding
+    the whole class): its metrics on that split cannot be measured."""
+    classes = sorted(set().union(*(set(part["class"]) for part in parts.values())))
+    return {name: [c for c in classes if c not in set(part["class"])] for name, part in parts.items()}
