@@ -8,6 +8,7 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from plankton_transfer.cli import predict
 from plankton_transfer.data.ecotaxa_tsv import validate_ecotaxa_tsv
@@ -65,7 +66,7 @@ def test_a_folder_with_bad_files_gives_a_row_each_and_keeps_the_rest(tmp_path, m
     assert set(rows["object_annotation_status"]) == {"predicted"}
 
 
-def test_an_ecotaxa_export_is_classified_object_by_object(tmp_path, model):
+def test_an_ecotaxa_export_is_classified_object_by_object(tmp_path, model, capsys):
     expected = make_ecotaxa_export(tmp_path / "export", per_class=2)
     names = tmp_path / "names.csv"
     names.write_text("class,ecotaxa\nCopepoda,Calanoida\n")
@@ -79,6 +80,7 @@ def test_an_ecotaxa_export_is_classified_object_by_object(tmp_path, model):
     assert set(rows["sample_id"]) == {"sample_a", "sample_b"}
     mapped = table.set_index("id").loc[rows["object_id"], "predicted"].replace({"Copepoda": "Calanoida"})
     assert rows["object_annotation_category"].tolist() == mapped.tolist()
+    assert "images listed in no table 1" in capsys.readouterr().out  # images/unlisted.jpg: counted, not lost
 
 
 def test_an_output_that_is_a_folder_or_inside_the_input_is_refused_and_nothing_is_touched(tmp_path, model):
@@ -96,19 +98,22 @@ def test_an_output_that_is_a_folder_or_inside_the_input_is_refused_and_nothing_i
     assert sorted(p.name for p in images.rglob("*")) == ["a", "a_000.jpg", "a_001.jpg"]
 
 
-@pytest.mark.parametrize("case", ["missing", "folder", "text", "truncated", "unknown name"])
+@pytest.mark.parametrize("case", ["missing", "folder", "text", "truncated", "unknown name", "a list"])
 def test_a_broken_model_file_is_one_line(tmp_path, model, case):
     images = make_dataset(tmp_path / "new", {"a": 1})
     path = {"missing": tmp_path / "modles" / "alexnet.pt", "folder": tmp_path, "text": tmp_path / "notes.pt",
-            "truncated": tmp_path / "cut.pt", "unknown name": "alexnett"}[case]
+            "truncated": tmp_path / "cut.pt", "unknown name": "alexnett", "a list": tmp_path / "list.pt"}[case]
     (tmp_path / "notes.pt").write_text("not a model\n")
     (tmp_path / "cut.pt").write_bytes(model.read_bytes()[:5000])
+    torch.save([torch.zeros(2)], tmp_path / "list.pt")
     with pytest.raises(UserError) as err:
         predict.main(["--model", str(path), "--input", str(images), "--out", str(tmp_path / "p.csv"),
                       "--models-dir", str(tmp_path / "models"), *CPU])
     message = str(err.value)
     assert "\n" not in message and "weights_only=False" not in message
     assert str(path) in message
+    if case == "a list":
+        assert "holds a list, not the dictionary of tensors of a weight or model file" in message
 
 
 def test_the_command_prints_one_line_without_traceback(tmp_path, model, monkeypatch, capsys):
@@ -184,3 +189,11 @@ def test_a_backbone_name_is_looked_up_in_models_even_beside_a_folder_of_that_nam
     (tmp_path / "alexnet").mkdir()  # e.g. plankton-export --out-dir .
     monkeypatch.chdir(tmp_path)
     assert predict.model_file("alexnet", tmp_path / "models") == tmp_path / "models" / "alexnet.pt"
+
+
+def test_a_foreign_params_file_in_the_working_folder_is_named_with_the_way_out(tmp_path, model, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text("foo: 1\n")  # another project's params file
+    with pytest.raises(UserError, match=r"unknown .*foo.* \(read from params.yaml in the working folder: pass "
+                                        r"--params"):
+        predict.main(["--model", str(model), "--input", str(tmp_path), "--out", str(tmp_path / "p.csv")])

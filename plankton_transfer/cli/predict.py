@@ -77,10 +77,16 @@ def model_file(value: str, models_dir: Path) -> Path:
 
 def settings(args: argparse.Namespace) -> tuple[ExtractParams, ImageParams, PretrainedParams]:
     params_file = args.params or (PARAMS_FILE if PARAMS_FILE.is_file() else None)
-    params = read_params(params_file) if params_file else {}
-    extract, image, pretrained = ((section(cls, params, name) if name in params else cls())
-                                  for cls, name in ((ExtractParams, "extract"), (ImageParams, "image"),
-                                                    (PretrainedParams, "pretrained")))
+    try:
+        params = read_params(params_file) if params_file else {}
+        extract, image, pretrained = ((section(cls, params, name) if name in params else cls())
+                                      for cls, name in ((ExtractParams, "extract"), (ImageParams, "image"),
+                                                        (PretrainedParams, "pretrained")))
+    except UserError as err:
+        if args.params:
+            raise
+        raise UserError(f"{err} (read from {PARAMS_FILE} in the working folder: pass --params with your project's "
+                        "params file, or run from another folder)") from None
     overrides = {k: v for k, v in (("device", args.device), ("batch_size", args.batch_size),
                                    ("workers", args.workers)) if v is not None}
     return dataclasses.replace(extract, **overrides), image, pretrained

@@ -129,6 +129,7 @@ def list_ecotaxa(inputs: Inputs) -> None:
             inputs.ignored["secondary images of objects (img_rank)"] += 1
             continue
         error = (f"empty object_id ({row.where}); give the object an id" if not row.object_id
+                 else f"empty img_file_name ({row.where})" if not row.values["img_file_name"].strip()
                  else "img_file_name leaves the export folder" if not row.path
                  else f"object_id listed again ({row.where})" if row.object_id in seen
                  else f"missing image (listed in {row.where})" if not (inputs.root / row.path).is_file() else "")
@@ -137,6 +138,17 @@ def list_ecotaxa(inputs: Inputs) -> None:
                                  path=str(inputs.root / row.path) if row.path else "",
                                  sample=row.values.get("sample_id", "").strip()))
     inputs.ignored["EcoTaxa tables"] += len(tables)
+    inputs.ignored["images listed in no table"] += unlisted_images(inputs.root, {row.path for row in rows})
+
+
+def unlisted_images(root: Path, listed: set[str]) -> int:
+    """Image files in the export folder that no table row names (counted, so none vanish unseen)."""
+    count = 0
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if not is_hidden(d)]
+        rel = Path(folder).relative_to(root)
+        count += sum(1 for f in files if not is_hidden(f) and is_image_name(f) and (rel / f).as_posix() not in listed)
+    return count
 
 
 def list_ifcb(inputs: Inputs) -> None:

@@ -238,5 +238,6 @@ def load_state_dict_file(path: str | Path) -> dict:
         raise UserError(f"{path} is not a readable PyTorch file (truncated, damaged or another format); "
                         "fetch or train it again") from None
     if not isinstance(state, dict):
-        raise UserError(f"{path} holds a {type(state).__name__}, not a state dict; fetch the official file")
+        raise UserError(f"{path} holds a {type(state).__name__}, not the dictionary of tensors of a weight or model "
+                        "file; give the official weight file or a model file from the train stage")
     return state
