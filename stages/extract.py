@@ -44,14 +44,13 @@ def main(argv: list[str] | None = None) -> dict | None:
     raw = args.raw or Path(section(DataParams, params, "data").raw)
     cfg = section(ExtractParams, params, "extract")
     launch = requested_launch(cfg.launcher, cfg.nproc)
-    if launch.relaunch:
+    if launch.relaunch:  # rank 0 of the workers prints the summary
         run_workers(launch, "stages.extract", sys.argv[1:] if argv is None else list(argv), args.out_dir)
-        meta = load_meta(args.out_dir)
-    else:
-        meta = run_extraction(
-            args.model, raw, read_splits(args.split_dir), args.out_dir, cfg, section(ImageParams, params, "image"),
-            section(PretrainedParams, params, "pretrained"), section(BaseParams, params, "base").seed,
-        )
+        return load_meta(args.out_dir)
+    meta = run_extraction(
+        args.model, raw, read_splits(args.split_dir), args.out_dir, cfg, section(ImageParams, params, "image"),
+        section(PretrainedParams, params, "pretrained"), section(BaseParams, params, "base").seed,
+    )
     if meta is None:  # a rank other than 0 under torchrun: rank 0 reports
         return None
     print(f"extract {args.model}: {sum(meta['sizes'].values())} images, {meta['feature_dim']}-d features, "
