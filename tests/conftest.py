@@ -101,6 +101,33 @@ def one_thread_per_worker():
         torch.set_num_threads(1)
 
 
+def bring_loopback_up() -> bool:
+    """Set the loopback interface up if it is down; True if it was.
+
+    A network namespace made by ``unshare -n`` (how the suite is run without network) starts
+    with ``lo`` down, unlike any real machine or ``docker --network none``; torchrun's
+    rendezvous and the socket guard's own check then cannot reach 127.0.0.1. Only that
+    throwaway namespace is touched (in any other, ``lo`` is already up)."""
+    import fcntl
+    import socket
+
+    siocgifflags, siocsifflags, iff_up, ifreq = 0x8913, 0x8914, 0x1, "16sH14x"
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        flags = struct.unpack(ifreq, fcntl.ioctl(s, siocgifflags, struct.pack(ifreq, b"lo", 0)))[1]
+        if flags & iff_up:
+            return False
+        fcntl.ioctl(s, siocsifflags, struct.pack(ifreq, b"lo", flags | iff_up))
+        return True
+
+
+def pytest_configure(config):
+    try:
+        bring_loopback_up()
+    except OSError as err:  # no such interface, or not allowed: the torchrun tests will say what failed
+        print(f"note: could not set the loopback interface up ({err}); torchrun needs 127.0.0.1: run "
+              "'ip link set lo up' in this network namespace", file=sys.stderr)
+
+
 @pytest.fixture(scope="session")
 def netguard_log(tmp_path_factory) -> Path:
     """Install the socket guard here and in every Python subprocess (dvc, stages, tools)."""
