@@ -24,6 +24,7 @@ import shutil
 import signal
 import socket
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -92,7 +93,36 @@ def atomic_path(path: str | Path, directory: bool = False) -> Iterator[Path]:
         raise UserError(f"cannot write {path}: {DISK_FULL[err.errno]}; free some space there (or write the "
                         "outputs elsewhere) and run again") from None
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)  # created above, in this run
+        remove_own_temporary(tmp)
+
+
+def remove_own_temporary(tmp: Path) -> None:
+    """Remove a temporary this run created, whole: SIGTERM and Ctrl-C wait until it is gone
+    (torchrun stops the other ranks with SIGTERM, often while one is already cleaning up;
+    a handler raising mid-removal would leave half of it behind)."""
+    with signals_deferred():
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """SIGTERM and SIGINT received during the block are acted on (by the handlers in place
+    before) when it ends. Python runs signal handlers in the main thread only, so elsewhere
+    there is nothing to defer. (Masking the signals would not do: a process-directed signal
+    goes to any thread that does not mask it, and torch keeps threads of its own.)"""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = {s: signal.signal(s, lambda signum, frame: received.append(signum))
+                for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, signal.SIG_DFL if handler is None else handler)
+        if received:
+            signal.raise_signal(received[0])
 
 
 def kill_here_for_tests(path: Path) -> None:

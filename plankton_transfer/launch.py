@@ -28,7 +28,7 @@ import torch
 
 from plankton_transfer.distributed import LOST, STATUS_ENV, STOPPED, under_torchrun
 from plankton_transfer.errors import UserError
-from plankton_transfer.files import PARTIAL_SUFFIX, temporary_prefix
+from plankton_transfer.files import PARTIAL_SUFFIX, remove_own_temporary, temporary_prefix
 from plankton_transfer.params import LAUNCHERS
 
 LAUNCHER_ENV, NPROC_ENV = "PLANKTON_EXTRACT_LAUNCHER", "PLANKTON_EXTRACT_NPROC"
@@ -125,4 +125,4 @@ def run_workers(launch: Launch, module: str, argv: list[str], out: Path) -> None
             raise UserError(f"distributed extraction failed, nothing was written: "
                             f"{failure_message(status, world, done.returncode)}")
     finally:
-        shutil.rmtree(status, ignore_errors=True)  # created above, in this run
+        remove_own_temporary(status)  # created above, in this run

@@ -592,3 +592,33 @@ def test_9_13_image_max_pixels_above_pillows_own_limit_is_honoured(tmp_path, mon
     assert check_image(path, IMG).kind == "too large"
     accepted = check_image(path, ImageParams(max_pixels=200_000_000))
     assert accepted.kind == "truncated or corrupt"  # got past the size check to decoding (no pixel data here)
+
+
+def test_sigterm_during_the_clean_up_of_a_failed_write_waits_until_the_temporary_is_gone(tmp_path, monkeypatch):
+    """torchrun sends SIGTERM to the other ranks when one dies, often while rank 0 is already
+    removing its temporary output folder: the removal finishes, then the signal stops the run."""
+    import signal
+
+    from plankton_transfer import files
+
+    real_rmtree = shutil.rmtree
+
+    def rmtree_interrupted(path, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)  # arrives in the middle of the removal
+        real_rmtree(path, **kwargs)
+
+    def stop(signum, frame):
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    monkeypatch.setattr(files.shutil, "rmtree", rmtree_interrupted)
+    try:
+        with pytest.raises(SystemExit):
+            with atomic_path(tmp_path / "features", directory=True) as tmp:
+                tmp.mkdir()
+                for i in range(50):
+                    (tmp / f"{i}.npy").write_bytes(b"0" * 100)
+                raise UserError("lost contact with another rank")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert list(tmp_path.iterdir()) == []  # no half-removed .features.*.partial left behind
