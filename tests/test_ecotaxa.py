@@ -104,3 +104,17 @@ def test_rows_without_an_object_id_are_separate_objects_and_predict_marks_them(t
     assert [row.main for row in rows] == [True, True, True]
     errors = [item.error for item in list_inputs(tmp_path, "ecotaxa").items]
     assert ["empty object_id" in e for e in errors] == [True, True, False]
+
+
+def test_a_name_mapping_that_gives_one_name_two_targets_or_lacks_a_column_is_one_line(tmp_path):
+    from plankton_transfer.data.ecotaxa import read_name_mapping
+
+    path = tmp_path / "map.csv"
+    path.write_text("ecotaxa,class\nCalanoida,Copepoda\n Calanoida ,Diatom\n", encoding="utf-8")
+    conflict = r"^ecotaxa.mapping .*map.csv maps 'Calanoida' to both 'Copepoda' and 'Diatom'; keep one line$"
+    with pytest.raises(UserError, match=conflict):
+        read_name_mapping(path, "ecotaxa", "class", "ecotaxa.mapping")
+    with pytest.raises(UserError, match=r"^--taxon-names .*map.csv needs the columns class and taxon"):
+        read_name_mapping(path, "class", "taxon", "--taxon-names")
+    path.write_text("class,ecotaxa\nCopepoda,Calanoida\nCopepoda,Calanoida\n", encoding="utf-8")
+    assert read_name_mapping(path, "class", "ecotaxa", "--taxon-names") == {"Copepoda": "Calanoida"}

@@ -125,19 +125,28 @@ def read_mapping(raw: Path, name: str | None) -> tuple[dict[str, str], str]:
     path = raw / rel
     if not path.is_file():
         raise UserError(f"ecotaxa.mapping: {path} not found; create it (columns ecotaxa,class) or set it to null")
+    return read_name_mapping(path, "ecotaxa", "class", "ecotaxa.mapping"), rel
+
+
+def read_name_mapping(path: Path, key: str, value: str, label: str) -> dict[str, str]:
+    """{``key`` column: ``value`` column} from a UTF-8 CSV with those two named columns, each key
+    on one line (``ecotaxa.mapping``, predict's ``--taxon-names``); ``label`` names the file's
+    source in messages."""
     try:
         table = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
-    except (UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError):
-        raise UserError(f"{path} is not a UTF-8 CSV with columns ecotaxa,class; fix the file") from None
+    except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError):
+        raise UserError(f"{label} {path} is not a readable UTF-8 CSV with columns {key},{value}; "
+                        "fix the file") from None
     table.columns = [str(c).strip().lower() for c in table.columns]
-    if not {"ecotaxa", "class"} <= set(table.columns):
-        raise UserError(f"{path} needs the columns ecotaxa and class (has {', '.join(table.columns)}); fix its header")
+    if not {key, value} <= set(table.columns):
+        raise UserError(f"{label} {path} needs the columns {key} and {value} (has {', '.join(table.columns)}); "
+                        "fix its header")
     mapping: dict[str, str] = {}
-    for source, target in zip(table["ecotaxa"].str.strip(), table["class"].str.strip()):
+    for source, target in zip(table[key].str.strip(), table[value].str.strip()):
         if mapping.get(source, target) != target:
-            raise UserError(f"{path} maps '{source}' to both '{mapping[source]}' and '{target}'; keep one line")
+            raise UserError(f"{label} {path} maps '{source}' to both '{mapping[source]}' and '{target}'; keep one line")
         mapping[source] = target
-    return mapping, rel
+    return mapping
 
 
 def row_label(row: EcotaxaRow, cfg: EcotaxaParams, mapping: dict[str, str]) -> tuple[str, str]:

@@ -19,6 +19,7 @@ from pathlib import Path
 import pandas as pd
 from PIL import Image
 
+from plankton_transfer.data.ecotaxa import read_name_mapping
 from plankton_transfer.data.ecotaxa_tsv import clean_cell, validate_ecotaxa_tsv, write_ecotaxa_tsv
 from plankton_transfer.data.sources import Inputs, Item, roi_pixels
 from plankton_transfer.errors import UserError
@@ -60,18 +61,7 @@ def read_taxon_names(path: Path | None, classes: list[str]) -> dict[str, str]:
     """``--taxon-names``: {class: EcoTaxa taxon name} from a CSV with columns class,ecotaxa."""
     if path is None:
         return {}
-    try:
-        table = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError):
-        raise UserError(f"--taxon-names {path} is not a readable UTF-8 CSV with columns class,ecotaxa") from None
-    table.columns = [str(c).strip().lower() for c in table.columns]
-    if not {"class", "ecotaxa"} <= set(table.columns):
-        raise UserError(f"--taxon-names {path} needs the columns class and ecotaxa; fix its header")
-    names: dict[str, str] = {}
-    for name, taxon in zip(table["class"].str.strip(), table["ecotaxa"].str.strip()):
-        if names.get(name, taxon) != taxon:
-            raise UserError(f"--taxon-names {path} gives class '{name}' two EcoTaxa names; keep one")
-        names[name] = taxon
+    names = read_name_mapping(path, "class", "ecotaxa", "--taxon-names")
     unknown = sorted(set(names) - set(classes))
     if unknown:
         raise UserError(f"--taxon-names {path} names classes the model does not have: {', '.join(unknown[:5])}")

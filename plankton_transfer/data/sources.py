@@ -20,7 +20,7 @@ from PIL import Image
 
 from plankton_transfer.data import ecotaxa, ifcb
 from plankton_transfer.data.images import BadImage, is_image_name, load_rgb
-from plankton_transfer.data.scan import is_hidden
+from plankton_transfer.data.scan import is_hidden, is_utf8
 from plankton_transfer.errors import UserError
 from plankton_transfer.params import ImageParams
 
@@ -48,14 +48,6 @@ class Inputs:
 def readable(text: str) -> str:
     """A file name as UTF-8 text; bytes that are not UTF-8 shown as ``\\xe4`` escapes."""
     return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-
-
-def is_utf8(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def detect_kind(path: Path) -> str:
