@@ -56,8 +56,8 @@ weights: $(STAMP)
 	plankton-fetch-weights
 
 ## predict: classify new images with a trained model: an image folder, an EcoTaxa export or IFCB bins;
-## writes the CSV and, beside it, an EcoTaxa table with its images
-PREDICT_ARGS ?= --model efficientnet_lite0 --input data/flowcam-sample --out predictions/predictions.csv
+## writes a results folder: predictions.csv, the EcoTaxa upload (zip) and run.json
+PREDICT_ARGS ?= --model efficientnet_lite0 --input data/flowcam-sample --out predictions/flowcam-sample
 predict: $(STAMP)
 	plankton-predict $(PREDICT_ARGS)
 

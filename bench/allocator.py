@@ -49,27 +49,29 @@ def main(argv: list[str] | None = None) -> dict:
 
     from bench.standin import build_standin
     from plankton_transfer.data.loading import ImageFiles, make_loader
-    from plankton_transfer.data.preprocess import Normalize, draft_size, make_transform
-    from plankton_transfer.models.backbones import build_feature_extractor, get_backbone, resolve_backbone_weights
-    from plankton_transfer.models.extraction import normalize_into
-    from plankton_transfer.params import ImageParams, PretrainedParams
+    from plankton_transfer.data.preprocess import draft_size, make_transform
+    from plankton_transfer.models.backbones import get_backbone
+    from plankton_transfer.models.feature_net import FeatureExtractor, build_feature_network
+    from plankton_transfer.models.weights import resolve_weights
+    from plankton_transfer.params.image import ImageParams
+    from plankton_transfer.params.pretrained import PretrainedParams
 
     raw = build_standin(args.cache_dir / "standin-20x1000", 20, 1000)
     paths = sorted(str(q.relative_to(raw)) for q in raw.glob("*/*.jpg"))[:args.batches * 32]
     backbone = get_backbone("alexnet")
-    weights = resolve_backbone_weights("alexnet", PretrainedParams(dir=str(args.cache_dir / "no-weights")))
-    model = build_feature_extractor("alexnet", weights, 0).to(memory_format=torch.channels_last)
+    weights = resolve_weights("alexnet", backbone.weights, PretrainedParams(dir=str(args.cache_dir / "no-weights")))
+    extractor = FeatureExtractor(build_feature_network("alexnet", weights, 0), torch.device("cpu"), None)
     dataset = ImageFiles(raw, paths, make_transform(backbone.preprocess, "pad"), ImageParams(),
                          draft_size(backbone.preprocess, "pad"))
-    normalize = Normalize(backbone.preprocess.mean, backbone.preprocess.std)
-    trace, buffer, start = [], None, time.perf_counter()
+    network = extractor.network
+    trace, start = [], time.perf_counter()
     with torch.inference_mode():
         for i, (images, _, _) in enumerate(make_loader(dataset, 32, -1, torch.device("cpu"))):
-            if args.reuse:
-                x, buffer = normalize_into(buffer, images, normalize)
+            if args.reuse:  # the pipeline's path: one reused normalisation buffer
+                extractor(images)
             else:
-                x = normalize(images).contiguous(memory_format=torch.channels_last)
-            model(x).float().numpy().astype(np.float16)
+                x = network.normalize(images).contiguous(memory_format=torch.channels_last)
+                network.backbone(x).float().numpy().astype(np.float16)
             if args.trim_every and (i + 1) % args.trim_every == 0:
                 libc.malloc_trim(0)
             if i % 25 == 0:

@@ -1,7 +1,7 @@
 """Benchmark: the extract stage as one process and under torchrun, on the same images and device.
 
 Runs the real stage commands in a scratch folder (filter, split, then ``python -m stages.extract``
-twice: plainly, and with ``PLANKTON_EXTRACT_LAUNCHER=torchrun`` as slurm/one-node.sbatch sets it)
+twice: plainly, and with ``PLANKTON_LAUNCHER=torchrun`` as slurm/one-node.sbatch sets it)
 and compares the two feature folders: rows, labels, meta.json (timings aside) and the largest
 absolute difference of the float16 features. Not part of the tests (tests/test_distributed.py
 checks the same on CPU with 2 gloo processes); this is the GPU check of bench/gpu-check.sh.
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> dict:
         extract = ["--model", args.model, "--raw", str(data), "--split-dir", str(work / "split"), "--params", params]
         seconds["extract_one_process"] = stage("extract", *extract, "--out-dir", str(work / "single"))
         seconds["extract_torchrun"] = stage("extract", *extract, "--out-dir", str(work / "torchrun"), env={
-            "PLANKTON_EXTRACT_LAUNCHER": "torchrun", "PLANKTON_EXTRACT_NPROC": str(args.nproc)})
+            "PLANKTON_LAUNCHER": "torchrun", "PLANKTON_NPROC": str(args.nproc)})
         result = {"model": args.model, "batch_size": args.batch_size, "decode": args.decode, "nproc": args.nproc,
                   "stage_seconds": {k: round(v, 2) for k, v in seconds.items()},
                   **compare(work / "single", work / "torchrun")}

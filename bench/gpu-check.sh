@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every GPU measurement of the project in one prepared run (README "Performance"):
+# Every GPU measurement of the project in one prepared run (docs/performance.md):
 #   - the study's loop against this pipeline (bench.study_vs_pipeline) for AlexNet and VGG11 on a
 #     CLASSES x PER_CLASS stand-in, with JPEG decoding on the CPU (PIL loader) and, pipeline only,
 #     on the GPU (nvJPEG), each with the compute-only forward images/s of the same backbone;

@@ -34,12 +34,18 @@ from torchvision.transforms import v2
 from bench.standin import build_standin
 from plankton_transfer.data.features import feature_writer
 from plankton_transfer.data.loading import ImageFiles, device_decodable, make_loader
+from plankton_transfer.data.features import load_split
 from plankton_transfer.data.preprocess import Normalize, TensorPreprocess, draft_size, make_transform
-from plankton_transfer.models.backbones import build_feature_extractor, get_backbone, resolve_backbone_weights
-from plankton_transfer.models.extraction import autocast_dtype, extract_features
-from plankton_transfer.models.heads import LinearHeads, fit, make_optimizer
-from plankton_transfer.models.training import load_tensors
-from plankton_transfer.params import ExtractParams, ImageParams, PretrainedParams
+from plankton_transfer.models.backbones import get_backbone
+from plankton_transfer.models.extraction import extract_features
+from plankton_transfer.models.feature_net import FeatureExtractor, autocast_dtype, build_feature_network
+from plankton_transfer.models.heads import RowGroup, fit_heads
+from plankton_transfer.models.training import resident_rows
+from plankton_transfer.models.weights import resolve_weights
+from plankton_transfer.params.extract import ExtractParams
+from plankton_transfer.params.train import TrainParams
+from plankton_transfer.params.image import ImageParams
+from plankton_transfer.params.pretrained import PretrainedParams
 from plankton_transfer.runtime import environment, resolve_device
 
 STUDY = {"lr": 0.001, "momentum": 0.9, "batch_size": 24, "workers": 4}
@@ -104,28 +110,30 @@ def run_study(model: nn.Module, classes: int, train_items, val_items, name: str,
     return {"seconds": round(seconds, 2), "per_epoch_s": round(seconds / epochs, 2), "final": history[-1]}
 
 
-def run_pipeline(model: nn.Module, name: str, items: dict[str, list], classes: int, epochs: int,
-                 device: torch.device, cfg: ExtractParams, workdir: Path) -> dict:
+def run_pipeline(extractor: FeatureExtractor, name: str, items: dict[str, list], classes: int, epochs: int,
+                 cfg: ExtractParams, workers: int, workdir: Path) -> dict:
     pre = get_backbone(name).preprocess
     paths = [str(p) for split in ("train", "val") for p, _ in items[split]]
     plain_jpegs = pd.DataFrame({"format": ["JPEG"] * len(paths), "converted": [False] * len(paths)})  # the stand-in
     dataset = ImageFiles(Path("/"), paths, make_transform(pre, "crop"), ImageParams(), draft_size(pre, "crop"),
                          device_decodable(plain_jpegs, cfg.decode))
-    normalize = Normalize(pre.mean, pre.std).to(device)
+    device = extractor.device
     sizes = {"train": len(items["train"]), "val": len(items["val"])}
     start = time.perf_counter()
     with feature_writer(workdir, sizes, get_backbone(name).feature_dim) as writer:
-        n = extract_features(model, normalize, make_loader(dataset, cfg.batch_size, cfg.workers, device), writer,
-                             device, autocast_dtype(cfg, device), TensorPreprocess(pre, "crop"))
+        n = extract_features(extractor, make_loader(dataset, cfg.batch_size, workers, device), writer,
+                             TensorPreprocess(pre, "crop"))
     extract_s = time.perf_counter() - start
     for split in sizes:
         np.save(workdir / f"{split}_labels.npy", np.array([y for _, y in items[split]], dtype=np.int64))
     start = time.perf_counter()
-    tensors = {s: load_tensors(workdir, s, device) for s in sizes}
-    heads = LinearHeads(1, get_backbone(name).feature_dim, classes, seed=0).to(device)
-    optimizer = make_optimizer(heads, [STUDY["lr"]], STUDY["momentum"], 0.0)
-    result = fit(heads, optimizer, tensors["train"], tensors["val"], STUDY["batch_size"], epochs, epochs + 1,
-                 torch.Generator().manual_seed(0))
+    parts = [load_split(workdir, s) for s in sizes]
+    x = resident_rows([features for features, _ in parts], device)
+    y = torch.from_numpy(np.concatenate([labels for _, labels in parts])).to(device)
+    protocol = TrainParams(lr=STUDY["lr"], momentum=STUDY["momentum"], batch_size=STUDY["batch_size"],
+                           max_epochs=epochs, patience=epochs + 1)
+    group = RowGroup(np.arange(sizes["train"]), np.arange(sizes["train"], len(y)))
+    result = fit_heads(x, y, [group], classes, protocol, seed=0, history=True)  # the project's one trainer
     train_s = time.perf_counter() - start
     last = {k: v[0] for k, v in result.history[-1].items()}
     return {"extract_s": round(extract_s, 2), "train_s": round(train_s, 2), "seconds": round(extract_s + train_s, 2),
@@ -193,15 +201,18 @@ def main(argv: list[str] | None = None) -> dict:
                                       args.per_class, workers=os.cpu_count() or 1)
     items, classes = split_items(data, 0.2)
     batch = args.batch_size or (256 if device.type == "cuda" else 32)
-    cfg = ExtractParams(preprocess="crop", batch_size=batch, workers=args.workers, device=str(device), decode=args.decode)
-    weights = resolve_backbone_weights(args.model, PretrainedParams(on_missing="random"))
-    model = build_feature_extractor(args.model, weights, seed=0).to(device).to(memory_format=torch.channels_last)
+    cfg = ExtractParams(preprocess="crop", batch_size=batch, decode=args.decode)
+    weights = resolve_weights(args.model, get_backbone(args.model).weights, PretrainedParams(on_missing="random"))
+    extractor = FeatureExtractor(build_feature_network(args.model, weights, seed=0), device,
+                                 autocast_dtype(cfg.dtype, device))
+    model = extractor.network.backbone
     result = {"model": args.model, "weights": weights.describe(), "images": sum(len(v) for v in items.values()),
               "classes": classes, "epochs": args.epochs, "extract_batch_size": batch, "decode": args.decode,
               "environment": environment(device), "cpu_count": os.cpu_count()}
-    result["forward_only_images_per_s"] = round(forward_only(model, args.model, batch, device, autocast_dtype(cfg, device)), 1)
+    result["forward_only_images_per_s"] = round(forward_only(model, args.model, batch, device, extractor.dtype), 1)
     with tempfile.TemporaryDirectory() as workdir:
-        result["pipeline"] = run_pipeline(model, args.model, items, classes, args.epochs, device, cfg, Path(workdir))
+        result["pipeline"] = run_pipeline(extractor, args.model, items, classes, args.epochs, cfg, args.workers,
+                                          Path(workdir))
     result["extraction_fraction_of_forward"] = round(
         result["pipeline"]["extract_images_per_s"] / result["forward_only_images_per_s"], 3)
     result["peak_rss_mb_pipeline"] = peak_rss_mb()

@@ -24,7 +24,6 @@ import json
 import os
 import signal
 import socket
-import sys
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -33,9 +32,9 @@ import torch.distributed as dist
 
 from plankton_transfer.errors import UserError
 from plankton_transfer.files import atomic_path
+from plankton_transfer.settings import usable_cores
 
 STATUS_ENV = "PLANKTON_RANK_STATUS"  # folder where each rank reports how it ended (set by the launcher)
-KILL_RANK_ENV = "PLANKTON_KILL_RANK"  # fault injection for tests: this rank SIGKILLs itself mid-run
 # A rank waits at most this long for the others at a meeting point; a dead rank is noticed at
 # once (its connection closes), so this only bounds a rank that hangs. Shares differ by at
 # most one batch, so the wait is short unless a node is much slower.
@@ -85,10 +84,10 @@ def rank_device(device: torch.device, ranks: Ranks) -> torch.device:
     if device.type == "cuda":
         if ranks.local_rank >= torch.cuda.device_count():
             raise UserError(f"rank {ranks.rank} is local rank {ranks.local_rank} but this node has "
-                            f"{torch.cuda.device_count()} GPU(s); start at most one process per GPU (extract.nproc)")
+                            f"{torch.cuda.device_count()} GPU(s); start at most one process per GPU (PLANKTON_NPROC)")
         torch.cuda.set_device(ranks.local_rank)
         return torch.device("cuda", ranks.local_rank)
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // ranks.local_world))  # torchrun's default is 1
+    torch.set_num_threads(max(1, usable_cores() // ranks.local_world))  # torchrun's default is 1
     return device
 
 
@@ -191,11 +190,3 @@ def shared_output_folder(path: Path, ranks: Ranks, group: Any) -> Iterator[Path]
             raise UserError(error)
         assert tmp is not None
         yield Path(tmp)
-
-
-def kill_rank_for_tests(ranks: Ranks) -> None:
-    """Fault injection for tests/test_distributed.py: with PLANKTON_KILL_RANK=<rank>, that rank
-    dies by SIGKILL (no message, no clean-up), as a rank killed by the out-of-memory killer."""
-    if ranks.world > 1 and os.environ.get(KILL_RANK_ENV) == str(ranks.rank):
-        sys.stdout.flush()
-        os.kill(os.getpid(), signal.SIGKILL)

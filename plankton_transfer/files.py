@@ -3,7 +3,7 @@
 Every output is written under a temporary name beside its target and renamed into place
 only when complete, so a run killed at any moment leaves the old output or the new one.
 
-Rules (README, "Real-world image folders"):
+Rules (docs/data.md):
 - a file output never replaces a folder, and a folder output never replaces anything: an
   existing folder is refused with a message (``dvc repro`` removes a stage's outputs
   before running it, so stages run through DVC always start clean);
@@ -11,7 +11,13 @@ Rules (README, "Real-world image folders"):
   by the next write of the same output, but only when they come from this host and their
   process is gone, so two runs writing the same output at once never touch each other's;
 - a full disk (or quota, or a read-only folder) while writing is one line naming the output,
-  and the temporary is removed, not a traceback.
+  and the temporary is removed, not a traceback;
+- a set of files that belong together (predict's CSV, EcoTaxa table and images) is written as
+  one folder and renamed into place at once, so a reader never sees half of one run beside
+  half of another. A folder is replaced only when ``replaceable`` says it is this command's
+  own earlier output (a marker file it wrote), never a user's folder.
+
+This is the project's one atomic writer: every output goes through :func:`atomic_path`.
 """
 from __future__ import annotations
 
@@ -26,7 +32,7 @@ import socket
 import tempfile
 import threading
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from plankton_transfer.errors import UserError
 
@@ -58,10 +64,12 @@ def remove_stale_temporaries(path: Path) -> None:
             shutil.rmtree(leftover, ignore_errors=True)
 
 
-def refuse_existing(path: Path, directory: bool) -> None:
-    if path.is_dir():
+def refuse_existing(path: Path, directory: bool, replaceable: Callable[[Path], bool] | None = None) -> None:
+    if path.is_dir() and not path.is_symlink():
         if not directory:
             raise UserError(f"{path} is a folder; give a file path for this output (nothing was changed)")
+        if replaceable is not None and replaceable(path):
+            return
         raise UserError(
             f"{path} already exists; a stage never deletes a folder: remove it yourself or run the stage "
             "through dvc repro, which clears a stage's outputs before running it"
@@ -71,21 +79,26 @@ def refuse_existing(path: Path, directory: bool) -> None:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | Path, directory: bool = False) -> Iterator[Path]:
+def atomic_path(path: str | Path, directory: bool = False,
+                replaceable: Callable[[Path], bool] | None = None) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it to ``path`` only on success.
 
-    ``directory``: the output is a folder (the caller creates it at the yielded path).
+    ``directory``: the output is a folder (the caller creates it at the yielded path). An
+    existing folder is refused unless ``replaceable(folder)`` says it is this command's own
+    earlier output: then the new folder takes its place in one rename and the old one is
+    removed afterwards (it was written by this command, never by a user).
     """
     path = Path(path)
-    refuse_existing(path, directory)
+    refuse_existing(path, directory, replaceable)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(path)
     tmp = Path(tempfile.mkdtemp(prefix=temporary_prefix(path), suffix=PARTIAL_SUFFIX, dir=path.parent))
     target = tmp / path.name
     try:
         yield target
-        kill_here_for_tests(path)
-        refuse_existing(path, directory)  # appeared while we were writing
+        refuse_existing(path, directory, replaceable)  # appeared while we were writing
+        if directory and path.is_dir():
+            os.replace(path, tmp / ".replaced")  # the earlier output, removed with the temporary
         os.replace(target, path)
     except OSError as err:
         if err.errno not in DISK_FULL:
@@ -123,14 +136,6 @@ def signals_deferred() -> Iterator[None]:
             signal.signal(s, signal.SIG_DFL if handler is None else handler)
         if received:
             signal.raise_signal(received[0])
-
-
-def kill_here_for_tests(path: Path) -> None:
-    """Fault injection for tests/test_interrupt.py: with PLANKTON_KILL_BEFORE=<file name>,
-    SIGKILL the whole run (this process group, dvc included) just before that output is
-    renamed into place: the worst moment for a run to die."""
-    if os.environ.get("PLANKTON_KILL_BEFORE") == path.name:
-        os.killpg(os.getpgrp(), signal.SIGKILL)
 
 
 def write_json(path: str | Path, obj: Any) -> None:

@@ -1,11 +1,11 @@
 """Re-running a stage under torchrun, on this node or on every node of a Slurm job.
 
 dvc.yaml runs ``python -m stages.extract ...`` whatever the hardware. When the launcher is
-``torchrun`` or ``slurm`` (``extract.launcher`` in params.yaml, or the environment variable
-``PLANKTON_EXTRACT_LAUNCHER``, which wins and does not change dvc.lock), that process starts
+``torchrun`` or ``slurm`` (the environment variable ``PLANKTON_LAUNCHER``: how to run is not a
+param, it never changes dvc.lock; plankton_transfer/settings.py), that process starts
 
 - ``torchrun``: ``python -m torch.distributed.run --standalone --nproc-per-node N -m stages.extract ...``
-  (N = ``extract.nproc``, 0: one per GPU of this node, 1 on a node without one);
+  (N = ``PLANKTON_NPROC``, 0: one per GPU of this node, 1 on a node without one);
 - ``slurm``: the same through ``srun``, one torchrun per node of the job, meeting at
   ``MASTER_ADDR:MASTER_PORT`` (the job's first node) with the job id as rendezvous id;
 
@@ -29,9 +29,8 @@ import torch
 from plankton_transfer.distributed import LOST, STATUS_ENV, STOPPED, under_torchrun
 from plankton_transfer.errors import UserError
 from plankton_transfer.files import PARTIAL_SUFFIX, remove_own_temporary, temporary_prefix
-from plankton_transfer.params import LAUNCHERS
+from plankton_transfer.settings import RunSettings
 
-LAUNCHER_ENV, NPROC_ENV = "PLANKTON_EXTRACT_LAUNCHER", "PLANKTON_EXTRACT_NPROC"
 DEFAULT_PORT = "29500"  # torchrun's own default
 
 
@@ -46,17 +45,9 @@ class Launch:
         return self.kind != "none" and not under_torchrun()
 
 
-def requested_launch(launcher: str, nproc: int, env: Mapping[str, str] = os.environ) -> Launch:
-    """The params' launcher and processes per node, overridden by the environment variables."""
-    kind = env.get(LAUNCHER_ENV) or launcher
-    if kind not in LAUNCHERS:
-        raise UserError(f"{LAUNCHER_ENV} is {kind!r}; choose one of {', '.join(LAUNCHERS)}")
-    raw = env.get(NPROC_ENV)
-    if raw is not None and raw.strip():
-        if not raw.strip().isdigit():
-            raise UserError(f"{NPROC_ENV} is {raw!r}; give a whole number of processes per node (0: one per GPU)")
-        nproc = int(raw)
-    return Launch(kind, nproc)
+def requested_launch(settings: RunSettings) -> Launch:
+    """The launcher and processes per node the run settings (PLANKTON_LAUNCHER, PLANKTON_NPROC) ask for."""
+    return Launch(settings.launcher, settings.nproc)
 
 
 def processes_per_node(launch: Launch) -> int:

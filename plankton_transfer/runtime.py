@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from plankton_transfer.errors import UserError
+from plankton_transfer.settings import usable_cores
 
 
 def resolve_device(name: str) -> torch.device:
@@ -18,7 +19,8 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"device '{name}' requested but no CUDA GPU is visible; set the device param to auto or cpu")
+        raise UserError(f"device '{name}' requested but no CUDA GPU is visible; use auto or cpu (PLANKTON_DEVICE, "
+                        "or the command's --device)")
     try:
         return torch.device(name)
     except RuntimeError:
@@ -47,7 +49,7 @@ class FreedMemoryReturner:
     in use, whatever the interleaving. Every few batches rather than every batch: a released
     page costs a page fault when it is used again, so a fixed small mmap threshold (the same
     effect every batch) was 15-25 % slower. Measured with ``python -m bench.memory``
-    (README, "Performance"). Does nothing outside glibc.
+    (docs/performance.md). Does nothing outside glibc.
     """
 
     def __init__(self, every: int) -> None:
@@ -120,6 +122,7 @@ def environment(device: torch.device) -> dict:
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         "cpu_threads": torch.get_num_threads(),
+        "usable_cores": usable_cores(),
     }
     try:
         import timm

@@ -1,16 +1,17 @@
-"""Stage compare: one table of all models, in the study's columns and more.
+"""Stage compare: one table of all models, in the study's columns and more, and the headline.
 
-Inputs:  ``--metrics-dir``/<model>.json from every evaluate stage and ``--runs-dir``/<model>.json
-         (their run records, for the weight source), for the models in params.yaml ``models``.
-Outputs: ``--out-dir``/compare.md, compare.json, compare.csv; ``--plot`` (test accuracy
-         against extract + train time per model, with Wilson intervals).
-         With ``--crossval-dir`` and the rest (plankton_transfer/evaluation/comparison_stats.py):
-         the cross-validation of every model; ``--out-dir``/pairs.json and pairs.csv, every pair
-         of models on the same test images (``--predictions-dir``): accuracy difference with a
-         paired bootstrap interval and the exact McNemar p-value; calibration and abundance
-         (``--abundance-dir``) sections in compare.md; ``--intervals-plot`` (test metrics with
-         intervals per model); ``--curves`` (every model's training curves in one table, read
-         from ``--train-dir``, for the overlaid plots defined at the top of dvc.yaml).
+Inputs:  ``--evaluations``/<model>/ from every evaluate stage (summary, run record, predictions,
+         abundance) and ``--crossvals``/<model>/ from every crossval stage, for the models in
+         params.yaml ``models``; ``--train-dir`` (the train stages' DVCLive curves).
+Outputs: ``--headline``: metrics/headline.json, the only DVC metrics file (per model: test
+         accuracy with its interval, balanced accuracy, macro-F1, cross-validated accuracy;
+         evaluation/metrics.py HEADLINE), so ``dvc exp show`` is a readable first screen;
+         ``--out-dir``: compare.md (the table, then paired tests, cross-validation, calibration,
+         review and abundance sections), compare.json and compare.csv (every number, flat),
+         pairs.json and pairs.csv (every pair of models on the same test images: accuracy
+         difference with a paired bootstrap interval, exact McNemar p);
+         ``--plots-dir``: accuracy_vs_time.png, intervals.png; ``--curves``: every model's
+         training curves in one table (the overlaid plots at the top of dvc.yaml).
 Params:  ``models``, ``stats``, ``base.seed`` (library: plankton_transfer/evaluation/comparison.py,
          comparison_stats.py).
 """
@@ -22,69 +23,65 @@ from pathlib import Path
 import pandas as pd
 
 from plankton_transfer.errors import run_cli
-from plankton_transfer.evaluation.comparison import comparison_rows, report_markdown
-from plankton_transfer.evaluation.comparison_stats import (abundance_section, add_crossval, calibration_section,
-                                                           crossval_section, intervals_note, pair_rows, pairs_section,
+from plankton_transfer.evaluation.comparison import ModelResults, flat_row, headline, load_results, report_markdown
+from plankton_transfer.evaluation.comparison_stats import (abundance_section, calibration_section, crossval_section,
+                                                           intervals_note, pair_rows, pairs_section, review_section,
                                                            training_curves)
 from plankton_transfer.evaluation.paired import PAIR_COLUMNS
 from plankton_transfer.evaluation.plots import plot_accuracy_vs_time
 from plankton_transfer.evaluation.uncertainty_plots import plot_intervals
-from plankton_transfer.files import write_csv, write_json, write_text
-from plankton_transfer.params import BaseParams, StatsParams, check_model_names, params_argument, read_params, section
+from plankton_transfer.files import atomic_path, write_csv, write_json, write_text
+from plankton_transfer.params.base import BaseParams
+from plankton_transfer.params.core import check_model_names, params_argument, read_params, section
+from plankton_transfer.params.stats import StatsParams
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--metrics-dir", type=Path, default=Path("metrics/evaluate"))
-    p.add_argument("--runs-dir", type=Path, default=Path("metrics/runs"))
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--evaluations", type=Path, default=Path("metrics/evaluate"))
+    p.add_argument("--crossvals", type=Path, default=Path("metrics/crossval"))
+    p.add_argument("--train-dir", type=Path, default=Path("plots/train"))
+    p.add_argument("--headline", type=Path, default=Path("metrics/headline.json"))
     p.add_argument("--out-dir", type=Path, default=Path("metrics/compare"))
-    p.add_argument("--plot", type=Path, default=Path("plots/compare/accuracy_vs_time.png"))
-    p.add_argument("--crossval-dir", type=Path, help="crossval@<model> metrics (<model>.json)")
-    p.add_argument("--predictions-dir", type=Path, help="evaluate's per-image test predictions (<model>.csv)")
-    p.add_argument("--abundance-dir", type=Path, help="evaluate's test counts per class (<model>.csv)")
-    p.add_argument("--intervals-plot", type=Path, help="test metrics with their intervals (PNG)")
-    p.add_argument("--train-dir", type=Path, help="the train stages' DVCLive folders (<model>/plots/metrics)")
-    p.add_argument("--curves", type=Path, help="every model's training curves in one table (JSON)")
+    p.add_argument("--plots-dir", type=Path, default=Path("plots/compare"))
+    p.add_argument("--curves", type=Path, default=Path("plots/curves.json"))
     params_argument(p)
     return p.parse_args(argv)
 
 
-def statistics_sections(args: argparse.Namespace, rows: list[dict], cfg: StatsParams, seed: int) -> list[str]:
-    """compare.md's sections after the table; writes pairs.json/csv and the intervals figure."""
-    sections = [intervals_note(cfg, seed)]
-    if args.predictions_dir:
-        pairs = pair_rows([r["model"] for r in rows], args.predictions_dir, cfg, seed)
-        write_json(args.out_dir / "pairs.json", pairs)
-        write_csv(args.out_dir / "pairs.csv", pd.DataFrame(pairs, columns=PAIR_COLUMNS))
-        sections.append(pairs_section(pairs, cfg, len(rows)))
-    if args.crossval_dir:
-        add_crossval(rows, args.crossval_dir)
-        sections.append(crossval_section(rows))
-    if "temperature" in rows[0]:
-        sections.append(calibration_section(rows, cfg))
-    if args.abundance_dir:
-        sections.append(abundance_section(rows, args.abundance_dir))
-    if args.intervals_plot:
-        plot_intervals(rows, cfg.confidence, args.intervals_plot)
-    return sections
+def write_comparison(folder: Path, results: list[ModelResults], args: argparse.Namespace, cfg: StatsParams,
+                     seed: int) -> str:
+    """compare.md, compare.json/csv and pairs.json/csv into ``folder``; returns compare.md's text."""
+    rows = [flat_row(r) for r in results]
+    pairs = pair_rows([r.name for r in results], args.evaluations, cfg, seed)
+    sections = [intervals_note(cfg, seed), pairs_section(pairs, cfg, len(results)), crossval_section(results),
+                calibration_section(results, cfg), review_section(results), abundance_section(results, args.evaluations)]
+    text = report_markdown(results, sections)
+    write_text(folder / "compare.md", text)
+    write_json(folder / "compare.json", rows)
+    write_csv(folder / "compare.csv", pd.DataFrame(rows))
+    write_json(folder / "pairs.json", pairs)
+    write_csv(folder / "pairs.csv", pd.DataFrame(pairs, columns=PAIR_COLUMNS))
+    return text
 
 
-def main(argv: list[str] | None = None) -> list[dict]:
+def main(argv: list[str] | None = None) -> list[ModelResults]:
     args = parse_args(argv)
     params = read_params(args.params)
     models = check_model_names(params.get("models"))
-    rows = comparison_rows(models, args.metrics_dir, args.runs_dir)
-    sections = statistics_sections(args, rows, section(StatsParams, params, "stats"),
-                                   section(BaseParams, params, "base").seed)
-    text = report_markdown(rows, sections)
-    write_text(args.out_dir / "compare.md", text)
-    write_json(args.out_dir / "compare.json", rows)
-    write_csv(args.out_dir / "compare.csv", pd.DataFrame(rows))
-    plot_accuracy_vs_time(rows, args.plot)
-    if args.train_dir and args.curves:
-        write_json(args.curves, training_curves(models, args.train_dir))
+    cfg, seed = section(StatsParams, params, "stats"), section(BaseParams, params, "base").seed
+    results = load_results(models, args.evaluations, args.crossvals)
+    with atomic_path(args.out_dir, directory=True) as folder, atomic_path(args.plots_dir, directory=True) as plots:
+        folder.mkdir()
+        plots.mkdir()
+        text = write_comparison(folder, results, args, cfg, seed)
+        rows = [flat_row(r) for r in results]
+        plot_accuracy_vs_time(rows, plots / "accuracy_vs_time.png")
+        plot_intervals(rows, cfg.confidence, plots / "intervals.png")
+    write_json(args.curves, training_curves(models, args.train_dir))
+    write_json(args.headline, headline(results))
     print(text)
-    return rows
+    return results
 
 
 if __name__ == "__main__":

@@ -2,11 +2,9 @@
 
 Inputs:  ``--manifest`` from the filter stage.
 Outputs: ``--out-dir``/{train,val,test}.csv (the manifest's columns and ``group``: the group
-         id when ``split.group`` is set, else empty); ``--metrics`` JSON: split sizes, the
-         number of near-duplicate pairs across splits (``leakage``, in total and per pair of
-         splits) and the largest difference between a realised and an asked fraction;
-         ``--report`` JSON: the grouping, asked against realised fractions (overall and per
-         class) and the leakage counts; ``--near-duplicates`` CSV: every near-duplicate pair
+         id when ``split.group`` is set, else empty); ``--report`` JSON: split sizes, the
+         grouping, asked against realised fractions (overall and per class, and the largest
+         difference), the classes missing from a split and the near-duplicate counts; ``--near-duplicates`` CSV: every near-duplicate pair
          in different splits, with both paths, their splits and classes and the distance.
 Params:  ``split`` (fractions, group, near_duplicate_distance), ``base.seed``
          (library: plankton_transfer/data/split_checks.py, splitting.py, grouping.py, leakage.py).
@@ -17,17 +15,18 @@ import argparse
 from pathlib import Path
 
 from plankton_transfer.data.split_checks import split_and_check
-from plankton_transfer.data.splitting import read_manifest
+from plankton_transfer.data.split_files import read_manifest
 from plankton_transfer.errors import run_cli
 from plankton_transfer.files import write_csv, write_json
-from plankton_transfer.params import BaseParams, SplitParams, params_argument, read_params, section
+from plankton_transfer.params.base import BaseParams
+from plankton_transfer.params.core import params_argument, read_params, section
+from plankton_transfer.params.split import SplitParams
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--manifest", type=Path, default=Path("data/filtered/manifest.csv"))
     p.add_argument("--out-dir", type=Path, default=Path("data/split"))
-    p.add_argument("--metrics", type=Path, default=Path("metrics/split.json"))
     p.add_argument("--report", type=Path, help="default: split_report.json beside --out-dir")
     p.add_argument("--near-duplicates", type=Path, help="default: split_near_duplicates.csv beside --out-dir")
     params_argument(p)
@@ -45,8 +44,7 @@ def main(argv: list[str] | None = None):
     for name, part in result.parts.items():
         write_csv(args.out_dir / f"{name}.csv", part)
     write_csv(args.near_duplicates, result.near_duplicates)
-    write_json(args.report, {**result.report, "near_duplicate_pairs_file": str(args.near_duplicates)})
-    write_json(args.metrics, result.metrics)
+    write_json(args.report, {**result.metrics, **result.report, "near_duplicate_pairs_file": str(args.near_duplicates)})
     sizes, leakage = result.metrics["sizes"], result.metrics["leakage"]
     print("split: " + ", ".join(f"{n} {name}" for name, n in sizes.items())
           + f" (largest difference from the asked fractions: {result.metrics['fraction_difference']:.3f})")

@@ -1,13 +1,12 @@
 """Stage train@<model>: train the new last layer on the cached features.
 
 Inputs:  ``--features`` folder from the extract stage.
-Outputs: ``--model-file`` (torch.save of plain tensors and strings, loadable with
-         ``weights_only=True``): the head, class names, backbone name, weight source and
-         sha256, preprocessing and training record: all that prediction needs; the temperature
-         fitted on the validation split (``calibration``), applied to every probability reported;
+Outputs: ``--model-file`` (plankton_transfer/models/model_file.py: ModelFile, saved as plain
+         tensors and values, loadable with ``weights_only=True``): the head, classes, backbone,
+         weight source and sha256, input recipe, training record, the temperature fitted on the
+         validation split, per-class thresholds (models/thresholds.py) and the data it came from:
+         all that prediction and export need;
          ``--live-dir``: DVCLive per-epoch train/val loss and accuracy (``dvc plots``).
-         The model file also holds per-class probability thresholds that reach
-         ``thresholds.target_precision`` on the validation set (models/thresholds.py).
 Params:  ``train``, ``base.seed``, ``thresholds`` (library: plankton_transfer/models/training.py, heads.py).
 
 Defaults are the study's: SGD, lr 0.001, momentum 0.9, batch 24, at most 100 epochs, early
@@ -18,15 +17,20 @@ the lowest validation loss (the test set is never looked at).
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from dvclive import Live
 
 from plankton_transfer.errors import run_cli
-from plankton_transfer.models.heads import FitResult, save_model_file
-from plankton_transfer.models.thresholds import validation_thresholds
-from plankton_transfer.models.training import best_head, calibration_record, model_record, train_heads
-from plankton_transfer.params import BaseParams, ThresholdParams, TrainParams, params_argument, read_params, section
+from plankton_transfer.models.heads import FitResult
+from plankton_transfer.models.model_file import ModelFile
+from plankton_transfer.models.training import train_model
+from plankton_transfer.params.base import BaseParams
+from plankton_transfer.params.core import params_argument, read_params, section
+from plankton_transfer.params.thresholds import ThresholdParams
+from plankton_transfer.params.train import TrainParams
+from plankton_transfer.settings import run_settings
 
 
 def log_history(live_dir: Path, result: FitResult, k: int) -> None:
@@ -43,7 +47,7 @@ def log_history(live_dir: Path, result: FitResult, k: int) -> None:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--features", type=Path, required=True, help="features folder of one backbone")
     p.add_argument("--model-file", type=Path, required=True)
     p.add_argument("--live-dir", type=Path, required=True, help="DVCLive folder for the training curves")
@@ -51,24 +55,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> dict:
+def main(argv: list[str] | None = None) -> ModelFile:
     args = parse_args(argv)
     params = read_params(args.params)
     cfg, seed = section(TrainParams, params, "train"), section(BaseParams, params, "base").seed
-    target_precision = section(ThresholdParams, params, "thresholds").target_precision
-    result, meta, seconds = train_heads(args.features, cfg, seed)
-    k = best_head(result)
-    record = model_record(result, k, meta, cfg, seed, seconds)
-    record["calibration"] = calibration_record(record, args.features)  # temperature scaling on val
-    # last, from the finished record, so the thresholds see the (calibrated) probabilities prediction will use
-    record["thresholds"] = validation_thresholds(record, args.features, target_precision)
-    log_history(args.live_dir, result, k)
-    save_model_file(record, args.model_file)
-    t = record["training"]
-    print(f"train {meta['backbone']}: lr {t['lr']}, {t['epochs']} epochs (best {t['best_epoch']}), "
-          f"val loss {t['best_val_loss']:.4f}, {seconds:.1f} s; temperature {record['calibration']['temperature']:.3f} "
-          f"(val loss {record['calibration']['val_loss_after']:.4f} after scaling)")
-    return record
+    target = section(ThresholdParams, params, "thresholds").target_precision
+    model, trained = train_model(args.features, args.model_file.stem, cfg, target, seed, run_settings())
+    log_history(args.live_dir, trained.fit, trained.best)
+    model.save(args.model_file)
+    t, c = model.training, model.calibration
+    print(f"train {model.name}: lr {t.lr}, {t.epochs} epochs (best {t.best_epoch}), val loss {t.best_val_loss:.4f}, "
+          f"{t.seconds:.1f} s; temperature {c.temperature:.3f} (val loss {c.val_loss_after:.4f} after scaling); "
+          f"{sum(v is not None for v in model.thresholds.per_class.values())} of {len(model.classes)} classes "
+          f"have an auto-accept threshold")
+    if not t.converged:
+        print(f"  warning: {t.convergence_warning(model.name)}", file=sys.stderr)
+    return model
 
 
 if __name__ == "__main__":

@@ -43,6 +43,11 @@ def make_dataset(root: Path, counts: dict[str, int], seed: int = 0, ext: str = "
     return root
 
 
+def documentation() -> str:
+    """The README and every page of docs/, as one text (what a user can read)."""
+    return "\n".join(p.read_text(encoding="utf-8") for p in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))])
+
+
 def project_params(**sections) -> dict:
     """The project's params.yaml with some sections' keys replaced."""
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -61,10 +66,10 @@ def filter_and_split(folder: Path, raw: Path, params: Path) -> None:
     from stages import split as split_stage
 
     filter_stage.main(["--raw", str(raw), "--manifest", str(folder / "manifest.csv"), "--report",
-                       str(folder / "report.json"), "--metrics", str(folder / "f.json"), "--cache-file",
+                       str(folder / "report.json"), "--cache-file",
                        str(folder / "cache.csv"), "--params", str(params)])
     split_stage.main(["--manifest", str(folder / "manifest.csv"), "--out-dir", str(folder / "split"),
-                      "--metrics", str(folder / "s.json"), "--params", str(params)])
+                      "--params", str(params)])
 
 
 def write_params(path: Path, **sections) -> Path:
@@ -92,8 +97,11 @@ NETGUARD = Path(__file__).resolve().parent / "netguard"
 
 @pytest.fixture(scope="session", autouse=True)
 def one_thread_per_worker():
-    """Under pytest-xdist (make test: one worker per core), each worker and the processes it starts
-    use one thread: two workers each running a thread per core would fight over the cores."""
+    """Images of the tests' tiny data sets are read in-process (PLANKTON_WORKERS=0: starting
+    worker processes costs more than it saves there; tests that need workers set it). Under
+    pytest-xdist (make test: one worker per core), each worker and the processes it starts use
+    one thread: two workers each running a thread per core would fight over the cores."""
+    os.environ.setdefault("PLANKTON_WORKERS", "0")
     if os.environ.get("PYTEST_XDIST_WORKER"):
         import torch
 

@@ -119,25 +119,65 @@ def v2_columns(adc_format: str) -> tuple[int, int, int]:
     return tuple(names.index(key) for key in ("roiwidth", "roiheight", "startbyte"))
 
 
-def tiny_model_file(path: Path, classes: tuple[str, ...] = ("a", "b", "c"), seed: int = 0,
-                    thresholds: dict | None = None) -> Path:
-    """A model file with a randomly initialised AlexNet backbone and a random head."""
-    from plankton_transfer.models.heads import save_model_file
+def tiny_model(classes: tuple[str, ...] = ("a", "b", "c"), seed: int = 0, thresholds: dict | None = None,
+               dim: int = 4096, backbone: str = "alexnet"):
+    """A model file's record with a randomly initialised backbone (its weights "pretrained" only
+    in name unless ``pretrained=False``: prediction then flags every image) and a random head."""
+    from plankton_transfer.data.input_spec import Preprocess
+    from plankton_transfer.models.linear_head import LinearHead
+    from plankton_transfer.models.model_file import Calibration, ModelFile, Thresholds, TrainingInfo
+    from plankton_transfer.models.provenance import DataInfo, InputRecipe, WeightsInfo
 
     generator = torch.Generator().manual_seed(seed)
-    record = {
-        "backbone": "alexnet",
-        "weights": {"source": "random-init", "pretrained": False, "sha256": "", "file": "", "check": "",
-                    "description": "random init (NOT pretrained)", "init_seed": seed},
-        "preprocess": {"mode": "pad", "input_size": 224, "resize_size": 256, "interpolation": "bilinear",
-                       "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
-        "feature_dim": 4096,
-        "classes": list(classes),
-        "head": {"weight": torch.randn(len(classes), 4096, generator=generator) * 0.05,
-                 "bias": torch.zeros(len(classes))},
-        "training": {"lr": 0.001, "epochs": 1, "best_epoch": 1, "seed": seed},
-        "thresholds": thresholds or {"target_precision": 0.95, "split": "val", "per_class": {c: 0.5 for c in classes},
-                                     "val_predictions": {c: 1 for c in classes}},
-    }
-    save_model_file(record, path)
+    per_class = thresholds if thresholds is not None else {c: 0.5 for c in classes}
+    return ModelFile(
+        name=backbone, backbone=backbone,
+        weights=WeightsInfo(source="random-init", pretrained=False, sha256="", file="", check="",
+                            description="random init (NOT pretrained)", init_seed=seed),
+        input=InputRecipe(mode="pad", preprocess=Preprocess()), feature_dim=dim, classes=tuple(classes),
+        head=LinearHead(torch.randn(len(classes), dim, generator=generator) * 0.05, torch.zeros(len(classes))),
+        training=TrainingInfo(lr=0.001, epochs=1, best_epoch=1, best_val_loss=1.0, seconds=0.1, lr_sweep={},
+                              params={"max_epochs": 100}, seed=seed, features={}, environment={}),
+        calibration=Calibration(1.0, 1.0, 1.0, "none"),
+        thresholds=Thresholds(target_precision=0.95, split="val", rule="test", per_class=per_class,
+                              accepted_images={c: 60 for c in classes}, correct_images={c: 60 for c in classes},
+                              predicted_images={c: 60 for c in classes}),
+        data=DataInfo(source="tests", split_sha256="0" * 64, class_counts={"train": {c: 10 for c in classes}}))
+
+
+def tiny_model_file(path: Path, classes: tuple[str, ...] = ("a", "b", "c"), seed: int = 0,
+                    thresholds: dict | None = None) -> Path:
+    """A model file (tiny_model) saved at ``path``."""
+    tiny_model(classes, seed, thresholds).save(path)
     return path
+
+
+def write_feature_meta(folder: Path, backbone: str, classes: list[str], dim: int, sizes: dict[str, int]) -> None:
+    """A features folder's meta.json as the extract stage writes it (random-init weights)."""
+    from plankton_transfer.data.input_spec import Preprocess
+    from plankton_transfer.models.provenance import DataInfo, FeatureMeta, InputRecipe, WeightsInfo
+
+    FeatureMeta(backbone=backbone,
+                weights=WeightsInfo(source="random-init", pretrained=False, sha256="", file="", check="",
+                                    description="random init (NOT pretrained)", init_seed=0),
+                input=InputRecipe(mode="pad", preprocess=Preprocess()), feature_dim=dim, backbone_parameters=0,
+                classes=tuple(classes), data=DataInfo(source="tests", split_sha256="0" * 64,
+                                                      class_counts={s: {} for s in sizes} | {"train": {}}),
+                seconds=0.1, images_per_s=1.0, decoded_on_device=0, environment={}).save_json(folder / "meta.json")
+
+
+def lite0_model(classes: tuple[str, ...] = ("a", "b", "c"), mode: str = "pad", seed: int = 0):
+    """A model file's record on EfficientNet-Lite0 with its real ImageNet weights (from the pip
+    package, verified) and a random head: small enough to export in seconds."""
+    import dataclasses
+
+    from plankton_transfer.models.backbones import get_backbone
+    from plankton_transfer.models.extraction import weights_info
+    from plankton_transfer.models.weights import resolve_weights
+    from plankton_transfer.params.pretrained import PretrainedParams
+
+    backbone = get_backbone("efficientnet_lite0")
+    weights = weights_info(resolve_weights("efficientnet_lite0", backbone.weights, PretrainedParams()), seed)
+    model = tiny_model(classes, seed, dim=backbone.feature_dim, backbone="efficientnet_lite0")
+    return dataclasses.replace(model, weights=weights, input=dataclasses.replace(
+        model.input, mode=mode, preprocess=backbone.preprocess))

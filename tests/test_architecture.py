@@ -11,10 +11,11 @@ from pathlib import Path
 
 import yaml
 
-from plankton_transfer.models.backbones import REGISTRY
-from plankton_transfer.params import SECTIONS
+from plankton_transfer.models.backbones import get_backbone, registered_names
+from plankton_transfer.params.every_section import SECTIONS
 from tests.conftest import ROOT
-from tools.architecture import dep_violations, find_modules, import_violations, params_violations, stage_definitions
+from tools.architecture import (dep_violations, find_modules, generated_deps, import_violations, params_violations,
+                                stage_definitions, write_deps)
 
 
 def test_the_project_keeps_its_import_rules_and_dvc_yaml_lists_every_imported_module():
@@ -35,8 +36,8 @@ def test_params_yaml_and_the_params_dataclasses_agree():
 
 
 def test_every_backbone_with_weights_has_its_folder_in_the_weights_dir():
-    for name, backbone in REGISTRY.items():
-        if backbone.weights is not None:
+    for name in registered_names():
+        if get_backbone(name).weights is not None:
             assert (ROOT / "data" / "pretrained" / name / "README.md").is_file(), name
 
 
@@ -80,6 +81,19 @@ def test_the_import_checker_catches_each_broken_rule(tmp_path):
     assert len(problems.splitlines()) == 7  # scan.py and bad.py each reach a package and its module
 
 
+def test_dvc_yaml_code_deps_are_what_the_writer_generates_from_the_import_graph(tmp_path):
+    copy = tmp_path / "dvc.yaml"
+    copy.write_text((ROOT / "dvc.yaml").read_text())
+    assert not write_deps(copy, find_modules(ROOT), ROOT)  # writing changes nothing: they are generated
+    deps = generated_deps(ROOT / "dvc.yaml", find_modules(ROOT), ROOT)
+    extract = set(deps["extract"])
+    # extract depends on the params sections it reads, not on the others; on no backbone's entry but its own
+    assert "plankton_transfer/params/extract.py" in extract and "plankton_transfer/params/stats.py" not in extract
+    assert not any(p.startswith("plankton_transfer/models/backbones/") and not p.endswith(("__init__.py", "_entries.py"))
+                   for p in extract)
+    assert "plankton_transfer/models/backbones/${item}.py" in stage_definitions(ROOT / "dvc.yaml")["extract"]["deps"]
+
+
 def test_the_deps_checker_catches_a_missing_and_a_stale_dep(tmp_path):
     root = write_tree(tmp_path, SYNTHETIC)
     (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": {
@@ -89,8 +103,10 @@ def test_the_deps_checker_catches_a_missing_and_a_stale_dep(tmp_path):
         "evaluate": {"cmd": "python -m stages.missing", "deps": []},
     }}))
     problems = dep_violations(root / "dvc.yaml", find_modules(root), root)
-    assert "dvc.yaml: stage train imports plankton_transfer/params.py but does not list it in deps" in problems
-    assert "dvc.yaml: stage train lists plankton_transfer/old.py in deps, which does not exist" in problems
+    assert "dvc.yaml: stage train imports plankton_transfer/params.py but does not list it in deps " \
+           "(python -m tools.architecture --write)" in problems
+    assert "dvc.yaml: stage train lists plankton_transfer/old.py in deps, which does not exist " \
+           "(python -m tools.architecture --write)" in problems
     assert "dvc.yaml: stage evaluate runs stages.missing, which does not exist" in problems
     # an __init__.py holding only a docstring is not a dependency worth listing
     assert not any("__init__" in p for p in problems)

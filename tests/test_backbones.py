@@ -11,31 +11,42 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from torchvision.transforms import v2
 
-from plankton_transfer.models.backbones import REGISTRY, build_feature_extractor, get_backbone, resolve_backbone_weights
-from plankton_transfer.errors import UserError
-from plankton_transfer.data.images import ImageParams, load_rgb
+from plankton_transfer.data.images import load_rgb
 from plankton_transfer.data.preprocess import Normalize, border_colour, make_transform
-from plankton_transfer.models.weights import PretrainedParams, ResolvedWeights
+from plankton_transfer.errors import UserError
+from plankton_transfer.models.backbones import check_registered, get_backbone, registered_names
+from plankton_transfer.models.feature_net import build_backbone, build_feature_network
+from plankton_transfer.models.weights import ResolvedWeights, resolve_weights
+from plankton_transfer.params.image import ImageParams
+from plankton_transfer.params.pretrained import PretrainedParams
 from tests.conftest import SAMPLE
 
 RANDOM = ResolvedWeights(source="random-init")
 
 
-@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_the_registry_lists_its_modules_and_each_module_registers_its_own_name():
+    assert registered_names() == ["alexnet", "efficientnet_lite0", "vgg11"]  # _entries.py is a helper, not an entry
+    for name in registered_names():
+        assert get_backbone(name).name == name
+    with pytest.raises(UserError, match="unknown backbone.*'_entries'"):
+        check_registered(["_entries"])
+
+
+@pytest.mark.parametrize("name", registered_names())
 def test_forward_pass_gives_the_registered_feature_size(name):
-    backbone = REGISTRY[name]
-    model = build_feature_extractor(name, RANDOM, seed=0)
+    backbone = get_backbone(name)
+    network = build_feature_network(name, RANDOM, seed=0)
     size = backbone.preprocess.input_size
     with torch.inference_mode():
-        features = model(torch.randn(2, 3, size, size))
+        features = network(torch.randint(0, 255, (2, 3, size, size), dtype=torch.uint8))
     assert features.shape == (2, backbone.feature_dim)
-    assert not model.training and not any(p.requires_grad for p in model.parameters())
+    assert not network.training and not any(p.requires_grad for p in network.parameters())
 
 
-@pytest.mark.parametrize("name", sorted(REGISTRY))
+@pytest.mark.parametrize("name", registered_names())
 @pytest.mark.parametrize("mode", ["pad", "crop"])
 def test_preprocessing_follows_the_backbone_config(name, mode):
-    pre = REGISTRY[name].preprocess
+    pre = get_backbone(name).preprocess
     img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (90, 300, 3), dtype=np.uint8))
     x = make_transform(pre, mode)(img)
     assert x.dtype == torch.uint8 and x.shape == (3, pre.input_size, pre.input_size)
@@ -45,9 +56,9 @@ def test_preprocessing_follows_the_backbone_config(name, mode):
 
 
 def test_random_init_is_reproducible_from_the_seed():
-    a = build_feature_extractor("alexnet", RANDOM, seed=3).features[0].weight
-    b = build_feature_extractor("alexnet", RANDOM, seed=3).features[0].weight
-    c = build_feature_extractor("alexnet", RANDOM, seed=4).features[0].weight
+    a = build_backbone("alexnet", RANDOM, seed=3).features[0].weight
+    b = build_backbone("alexnet", RANDOM, seed=3).features[0].weight
+    c = build_backbone("alexnet", RANDOM, seed=4).features[0].weight
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
@@ -60,29 +71,28 @@ def test_pad_mode_keeps_a_long_organism_whole_and_pads_with_the_background():
     cropped = make_transform(pre, "crop")(img).numpy()
     row = padded[:, 112, :].min(axis=0)
     assert (row[5:219] < 100).all()  # the chain spans the whole width
-    assert tuple(padded[:, 2, 112]) == border_colour(img) == (230, 230, 230)
+    assert tuple(padded[:, 2, 112]) == border_colour(a) == (230, 230, 230)
     assert padded[:, 112, 0].min() > 200  # pad: both ends of the chain are inside the image
     assert (cropped[:, 112, :].max(axis=0) < 100).all()  # crop: the chain runs off both edges, ends cut
 
 
 def test_unknown_backbone_names_the_known_ones():
-    with pytest.raises(UserError, match="unknown backbone 'resnet9'.*alexnet"):
+    with pytest.raises(UserError, match="unknown backbone.* .resnet9.*alexnet"):
         get_backbone("resnet9")
 
 
 def sample_features(name: str, weights: ResolvedWeights) -> tuple[np.ndarray, np.ndarray]:
-    model = build_feature_extractor(name, weights, seed=0)
-    pre = get_backbone(name).preprocess
-    transform, normalise = make_transform(pre, "pad"), Normalize(pre.mean, pre.std)
+    network = build_feature_network(name, weights, seed=0)
+    transform = make_transform(get_backbone(name).preprocess, "pad")
     paths = sorted(p for p in SAMPLE.glob("*/*.jpg"))
     x = torch.stack([transform(load_rgb(p, ImageParams())) for p in paths])
     with torch.inference_mode():
-        feats = model(normalise(x)).numpy()
+        feats = network(x).numpy()
     return feats, np.array([p.parent.name for p in paths])
 
 
 def test_imagenet_lite0_features_separate_the_real_sample_far_better_than_random():
-    pretrained = resolve_backbone_weights("efficientnet_lite0", PretrainedParams())
+    pretrained = resolve_weights("efficientnet_lite0", get_backbone("efficientnet_lite0").weights, PretrainedParams())
     probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))  # scaled: converges in moments
     x, y = sample_features("efficientnet_lite0", pretrained)
     good = cross_val_score(probe, x, y, cv=5).mean()

@@ -11,12 +11,16 @@ import pandas as pd
 import pytest
 import torch
 
-from plankton_transfer.models.crossval import few_threads_for_small_work
-from plankton_transfer.models.folds import fit_folds, make_folds
-from plankton_transfer.models.heads import LinearHeads, fit, make_optimizer
-from plankton_transfer.params import CrossvalParams, TrainParams
+from plankton_transfer.models import crossval
+from plankton_transfer.models.crossval import fit_folds
+from plankton_transfer.models.folds import make_folds
+from plankton_transfer.models.heads import fit_heads
+from plankton_transfer.params.crossval import CrossvalParams
+from plankton_transfer.params.train import TrainParams
+from plankton_transfer.evaluation.summary import CrossvalSummary
 from stages import crossval as crossval_stage
 from tests.conftest import write_params
+from tests.field_data import write_feature_meta
 
 
 def blobs(n: int, dim: int = 12, classes: int = 3, seed: int = 0, noise: float = 2.0):
@@ -26,31 +30,24 @@ def blobs(n: int, dim: int = 12, classes: int = 3, seed: int = 0, noise: float =
     return (centres[y] + noise * rng.normal(size=(n, dim))).astype(np.float16), y
 
 
-def test_folds_trained_together_equal_each_fold_trained_alone_with_fit():
+def test_folds_trained_in_chunks_equal_all_folds_at_once_and_each_fold_alone(monkeypatch):
     x, y = blobs(103)
     cfg = TrainParams(lr=(0.01, 0.1), batch_size=73, max_epochs=25, patience=4)  # folds of 73 and 74 images
     folds = make_folds(y, None, CrossvalParams(folds=5, repeats=1), seed=3)
     steps = {math.ceil(len(f.train) / cfg.batch_size) for f in folds}
     assert len(steps) > 1, "folds should need different numbers of batches, so the skipping is exercised"
-    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
-    with few_threads_for_small_work(torch.device("cpu"), x.size):  # as the stage runs it: tiny ops, one thread
-        together = fit_folds(xt, yt, 3, folds, cfg, seed=3)
-        alone = [fit_alone(xt, yt, fold, cfg, seed=3 + i) for i, fold in enumerate(folds)]
-    for i, single in enumerate(alone):
+    xt, yt = torch.from_numpy(x).float(), torch.from_numpy(y)
+    together = fit_folds(xt, yt, folds, 3, cfg, seed=3)
+    monkeypatch.setattr(crossval, "HEADS_AT_ONCE", 4)  # two folds (of two learning rates) at a time
+    chunked = fit_folds(xt, yt, folds, 3, cfg, seed=3)
+    for i, fold in enumerate(folds):
+        alone = fit_heads(xt, yt, [fold.rows], 3, cfg, seed=3, first_group=i)
         for k in range(2):
-            assert together.best_epoch[2 * i + k] == single.best_epoch[k]
-            assert together.epochs_run[2 * i + k] == single.epochs_run[k]
-            assert together.best_val_loss[2 * i + k] == pytest.approx(single.best_val_loss[k], rel=1e-5)
-            assert torch.allclose(together.best_states[2 * i + k]["weight"], single.best_states[k]["weight"],
-                                  atol=1e-5)
-
-
-def fit_alone(xt, yt, fold, cfg: TrainParams, seed: int):
-    """The train stage's ``fit`` on one fold's training and validation rows."""
-    heads = LinearHeads(len(cfg.lrs), xt.shape[1], 3, seed=3)
-    return fit(heads, make_optimizer(heads, list(cfg.lrs), cfg.momentum, cfg.weight_decay),
-               (xt[fold.train], yt[fold.train]), (xt[fold.val], yt[fold.val]), cfg.batch_size, cfg.max_epochs,
-               cfg.patience, torch.Generator().manual_seed(seed))
+            for result in (together, chunked):
+                assert result.best_epoch[2 * i + k] == alone.best_epoch[k]
+                assert result.epochs_run[2 * i + k] == alone.epochs_run[k]
+                assert result.best_val_loss[2 * i + k] == pytest.approx(alone.best_val_loss[k], rel=1e-5)
+                assert torch.allclose(result.heads[2 * i + k].weight, alone.heads[k].weight, atol=1e-5)
 
 
 def test_every_image_is_tested_once_per_repeat_and_never_used_for_its_own_early_stopping():
@@ -91,7 +88,7 @@ def write_features(folder, split_dir, sizes: dict[str, int]) -> None:
         np.save(folder / f"{split}_labels.npy", y.astype(np.int64))
         pd.DataFrame({"path": [f"{split}/{j}.jpg" for j in range(n)], "class": [f"c{v}" for v in y], "label": y,
                       "group": ""}).to_csv(split_dir / f"{split}.csv", index=False)
-    (folder / "meta.json").write_text(json.dumps({"backbone": "toy", "classes": ["c0", "c1", "c2"]}))
+    write_feature_meta(folder, "toy", ["c0", "c1", "c2"], x.shape[1], sizes)
 
 
 def test_stage_writes_numbers_per_fold_table_and_pooled_confusion(tmp_path):
@@ -99,16 +96,16 @@ def test_stage_writes_numbers_per_fold_table_and_pooled_confusion(tmp_path):
     params = write_params(tmp_path / "params.yaml", crossval={"folds": 3, "repeats": 2},
                           train={"max_epochs": 10, "lr": [0.01, 0.1]})
     crossval_stage.main(["--features", str(tmp_path / "features"), "--split-dir", str(tmp_path / "split"),
-                         "--metrics", str(tmp_path / "cv.json"), "--folds", str(tmp_path / "folds.csv"),
-                         "--confusion", str(tmp_path / "confusion.json"), "--params", str(params)])
-    summary = json.loads((tmp_path / "cv.json").read_text())["toy"]["crossval"]
-    assert all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in summary.values())
-    assert (summary["folds"], summary["repeats"], summary["images"]) == (3, 2, 60)
-    table = pd.read_csv(tmp_path / "folds.csv")
+                         "--out-dir", str(tmp_path / "cv"), "--confusion", str(tmp_path / "confusion.json"),
+                         "--params", str(params)])
+    summary = CrossvalSummary.load_json(tmp_path / "cv" / "summary.json")
+    assert (summary.model, summary.folds, summary.repeats, summary.images) == ("toy", 3, 2, 60)
+    table = pd.read_csv(tmp_path / "cv" / "folds.csv")
     assert len(table) == 6 and (table["test"] == 20).all() and set(table["lr"]) <= {0.01, 0.1}
-    assert summary["accuracy_mean"] == pytest.approx(table["accuracy"].mean(), abs=1e-4)
-    assert summary["accuracy_std"] == pytest.approx(table["accuracy"].std(ddof=1), abs=1e-4)
-    assert summary["accuracy_mean"] > 0.6  # separable blobs: the protocol learns them
+    accuracy = summary.metrics["accuracy"]
+    assert accuracy.mean == pytest.approx(table["accuracy"].mean(), abs=1e-4)
+    assert accuracy.sd == pytest.approx(table["accuracy"].std(ddof=1), abs=1e-4)
+    assert accuracy.mean > 0.6  # separable blobs: the protocol learns them
     confusion = json.loads((tmp_path / "confusion.json").read_text())
     assert len(confusion) == 60 * 2 and {"actual", "predicted"} == set(confusion[0])
 

@@ -15,10 +15,10 @@ import pytest
 
 from plankton_transfer.distributed import Ranks, share
 from plankton_transfer.errors import UserError
-from plankton_transfer.launch import LAUNCHER_ENV, NPROC_ENV, Launch, requested_launch, worker_command
-from plankton_transfer.params import LAUNCHERS
+from plankton_transfer.launch import Launch, requested_launch, worker_command
+from plankton_transfer.settings import LAUNCHERS, run_settings
 from stages import extract as extract_stage
-from tests.conftest import ROOT, filter_and_split, make_dataset, write_params
+from tests.conftest import ROOT, documentation, filter_and_split, make_dataset, write_params
 from tests.pipeline_repo import command_env
 
 SPLITS = ("train", "val", "test")
@@ -35,8 +35,8 @@ def data(tmp_path_factory):
     """19 images in 3 classes, filtered, split, and extracted by one process (batches of 8)."""
     tmp = tmp_path_factory.mktemp("distributed")
     raw = make_dataset(tmp / "raw", {"a": 6, "b": 7, "c": 6})
-    params = write_params(tmp / "params.yaml", filter={"min_images_per_class": 3, "workers": 1},
-                          extract={"batch_size": 8, "workers": 0})
+    params = write_params(tmp / "params.yaml", filter={"min_images_per_class": 3},
+                          extract={"batch_size": 8})
     filter_and_split(tmp, raw, params)
     extract_stage.main(stage_args(tmp, "single"))
     return tmp
@@ -85,19 +85,19 @@ def test_slurm_scripts_parse_and_use_only_documented_switches(name):
     path = ROOT / "slurm" / name
     subprocess.run(["bash", "-n", str(path)], check=True)
     text = path.read_text()
-    readme = (ROOT / "README.md").read_text()
+    docs = documentation()
     for variable in set(re.findall(r"PLANKTON_[A-Z_]+", text)):
-        assert variable in (LAUNCHER_ENV, NPROC_ENV) and variable in readme, variable
+        assert variable in ("PLANKTON_LAUNCHER", "PLANKTON_NPROC") and variable in docs, variable
     exports = script_exports(name)
-    assert exports[LAUNCHER_ENV] in LAUNCHERS and exports[NPROC_ENV].isdigit()
+    assert exports["PLANKTON_LAUNCHER"] in LAUNCHERS and exports["PLANKTON_NPROC"].isdigit()
     assert re.search(r"^\s*dvc repro$", text, flags=re.M) and re.search(r'^\s*dvc exp run "\$@"$', text, flags=re.M)
-    assert name in readme
+    assert name in docs
 
 
 def test_two_torchrun_processes_give_the_one_process_output(data):
     """What slurm/one-node.sbatch runs (its launcher, with 2 CPU processes instead of one per GPU)."""
-    env = {**script_exports("one-node.sbatch"), NPROC_ENV: "2"}
-    assert env[LAUNCHER_ENV] == "torchrun"
+    env = {**script_exports("one-node.sbatch"), "PLANKTON_NPROC": "2"}
+    assert env["PLANKTON_LAUNCHER"] == "torchrun"
     done = run_stage(data, "two", env)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "torch.distributed.run --nproc-per-node=2 --standalone -m stages.extract" in done.stderr
@@ -119,10 +119,10 @@ def test_a_killed_rank_fails_the_stage_with_its_rank_and_leaves_no_output(data, 
     on one node with a stand-in srun; rank 1 dies by SIGKILL after its first batch."""
     (tmp_path / "srun").write_text(FAKE_SRUN)
     (tmp_path / "srun").chmod(0o755)
-    env = {**script_exports("multi-node.sbatch"), NPROC_ENV: "2", "PATH": f"{tmp_path}{os.pathsep}{os.environ['PATH']}",
+    env = {**script_exports("multi-node.sbatch"), "PLANKTON_NPROC": "2", "PATH": f"{tmp_path}{os.pathsep}{os.environ['PATH']}",
            "SLURM_JOB_ID": "4242", "SLURM_JOB_NUM_NODES": "1", "MASTER_ADDR": "127.0.0.1",
-           "MASTER_PORT": str(free_port()), "PLANKTON_KILL_RANK": "1"}
-    assert env[LAUNCHER_ENV] == "slurm"
+           "MASTER_PORT": str(free_port()), "PLANKTON_TEST_KILL_RANK": "1"}
+    assert env["PLANKTON_LAUNCHER"] == "slurm"
     done = run_stage(data, "killed", env)
     assert done.returncode == 2, done.stderr[-3000:]
     assert "srun --nodes=1" in done.stderr and "--rdzv-backend=c10d" in done.stderr
@@ -133,11 +133,13 @@ def test_a_killed_rank_fails_the_stage_with_its_rank_and_leaves_no_output(data, 
 
 
 def test_launcher_switch_and_slurm_command():
-    assert requested_launch("none", 0, {}) == Launch("none", 0)
-    assert requested_launch("none", 0, {"PLANKTON_EXTRACT_LAUNCHER": "torchrun", "PLANKTON_EXTRACT_NPROC": "4"}) \
+    assert requested_launch(run_settings({})) == Launch("none", 0)
+    assert requested_launch(run_settings({"PLANKTON_LAUNCHER": "torchrun", "PLANKTON_NPROC": "4"})) \
         == Launch("torchrun", 4)
-    with pytest.raises(UserError, match="PLANKTON_EXTRACT_LAUNCHER is 'mpirun'; choose one of none, torchrun, slurm"):
-        requested_launch("none", 0, {"PLANKTON_EXTRACT_LAUNCHER": "mpirun"})
+    with pytest.raises(UserError, match="PLANKTON_LAUNCHER is 'mpirun'; choose one of none, torchrun, slurm"):
+        run_settings({"PLANKTON_LAUNCHER": "mpirun"})
+    with pytest.raises(UserError, match="PLANKTON_NPROC is 'two'; give a whole number >= 0"):
+        run_settings({"PLANKTON_NPROC": "two"})
     env = {"SLURM_JOB_ID": "9", "SLURM_JOB_NUM_NODES": "4", "MASTER_ADDR": "gpu017", "MASTER_PORT": "29400"}
     cmd = worker_command(Launch("slurm", 4), "stages.extract", ["--model", "vgg11"], env)
     assert cmd[:5] == ["srun", "--nodes=4", "--ntasks=4", "--ntasks-per-node=1", "--kill-on-bad-exit=1"]

@@ -8,7 +8,7 @@ import os
 import pandas as pd
 import pytest
 
-from plankton_transfer.data.ecotaxa_tsv import validate_ecotaxa_tsv, write_ecotaxa_tsv
+from plankton_transfer.data.ecotaxa_tsv import check_upload, table_text
 from plankton_transfer.errors import UserError
 from stages import filter as filter_stage
 from stages import split as split_stage
@@ -19,10 +19,10 @@ from tests.field_data import NON_ASCII_TAXON, make_ecotaxa_export
 def run_filter(tmp_path, raw, **ecotaxa):
     tmp_path.mkdir(parents=True, exist_ok=True)
     params = write_params(tmp_path / "params.yaml", data={"raw": str(raw)}, ecotaxa=ecotaxa,
-                          filter={"min_images_per_class": 3, "workers": 1})
+                          filter={"min_images_per_class": 3})
     out = tmp_path / "out"
     filter_stage.main(["--params", str(params), "--manifest", str(out / "manifest.csv"), "--report",
-                       str(out / "report.json"), "--metrics", str(out / "filter.json"), "--cache-file",
+                       str(out / "report.json"), "--cache-file",
                        str(out / "cache.csv")])
     manifest = pd.read_csv(out / "manifest.csv", keep_default_na=False)
     return manifest, json.loads((out / "report.json").read_text(encoding="utf-8")), params
@@ -47,7 +47,7 @@ def test_filter_and_split_train_on_the_validated_objects_of_an_export(tmp_path):
     assert report["files_seen"] == files_on_disk == sum(report["summary"].values())
     split_dir = tmp_path / "split"
     split_stage.main(["--params", str(params), "--manifest", str(tmp_path / "out" / "manifest.csv"),
-                      "--out-dir", str(split_dir), "--metrics", str(tmp_path / "split.json")])
+                      "--out-dir", str(split_dir)])
     parts = {s: pd.read_csv(split_dir / f"{s}.csv", keep_default_na=False) for s in ("train", "val", "test")}
     assert sum(len(p) for p in parts.values()) == len(manifest)
     assert all(set(p["class"]) == set(expected["classes"]) for p in parts.values())
@@ -72,26 +72,85 @@ def test_statuses_category_column_and_mapping_are_params(tmp_path):
         run_filter(tmp_path / "d", raw, mapping=str(outside))
 
 
-def test_the_validator_accepts_what_the_writer_writes_and_names_each_broken_rule(tmp_path):
-    (tmp_path / "img").mkdir()
-    (tmp_path / "img" / "a.png").write_bytes(b"png")
-    columns = {"img_file_name": "[t]", "img_rank": "[f]", "object_id": "[t]", "object_annotation_status": "[t]",
-               "object_annotation_category": "[t]", "object_classif_score": "[f]"}
-    good = {"img_file_name": "img/a.png", "img_rank": 0, "object_id": "o1", "object_annotation_status": "predicted",
-            "object_annotation_category": "Copepoda\tcalanoid", "object_classif_score": 0.93}
-    write_ecotaxa_tsv(tmp_path / "ecotaxa_ok.tsv", columns, [good])
-    assert validate_ecotaxa_tsv(tmp_path / "ecotaxa_ok.tsv") == []
-    bad_rows = [good, {**good, "img_file_name": "img/gone.png", "object_classif_score": "high"},
-                {**good, "object_id": "o2", "object_annotation_category": "", "img_file_name": "../a.png"}]
-    write_ecotaxa_tsv(tmp_path / "results.tsv", {**columns, "Bad Name": "[x]"}, bad_rows)
-    problems = "\n".join(validate_ecotaxa_tsv(tmp_path / "results.tsv"))
-    for expected in ("not ecotaxa_*.tsv", "'Bad Name' is not lower case", "'Bad Name' does not start with",
-                     "type '[x]'", "object_classif_score is 'high', not a number", "'o1' appears more than once",
-                     "image 'img/gone.png' not found", "'../a.png' is not a relative path",
-                     "predicted object without object_annotation_category"):
+def write_upload(path, columns: dict[str, str], rows: list[dict], images: dict[str, bytes], bom: bool = True):
+    import zipfile
+
+    text = table_text(columns, rows)
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("ecotaxa_t.tsv", text.encode("utf-8") if bom else text.lstrip("\ufeff").encode("utf-8"))
+        for name, data in images.items():
+            z.writestr(name, data)
+    return path
+
+
+def png() -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_the_upload_check_accepts_what_the_writer_writes_and_names_each_broken_rule(tmp_path):
+    """pyecotaxa (EcoTaxa's client library) for names and the *_id rule, EcoTaxa's importer rules
+    (TSVFile.py, Image.py) for the rest."""
+    columns = {"object_id": "[t]", "img_file_name": "[t]", "object_annotation_status": "[t]",
+               "object_annotation_category": "[t]", "object_classif_score": "[f]", "process_id": "[t]",
+               "process_classifier": "[t]"}
+    good = {"img_file_name": "img/a.png", "object_id": "o1", "object_annotation_status": "predicted",
+            "object_annotation_category": "Copepoda\tcalanoid", "object_classif_score": 0.93, "process_id": "p",
+            "process_classifier": "x"}
+    assert check_upload(write_upload(tmp_path / "ok.zip", columns, [good], {"img/a.png": png()})) == []
+    bad_rows = [good, good, {**good, "img_file_name": "img/gone.png", "object_classif_score": "high", "object_id": "o3"},
+                {**good, "object_id": "o2", "object_annotation_category": "", "img_file_name": "img/a.tif"}]
+    no_process_id = {k: v for k, v in columns.items() if k != "process_id"}
+    problems = "\n".join(check_upload(write_upload(tmp_path / "bad.zip", no_process_id, bad_rows,
+                                                   {"img/a.png": png(), "img/a.tif": b"II*\x00"}, bom=False)))
+    for expected in ("pyecotaxa: ", "process_id", "no UTF-8 byte-order mark", "object_classif_score is 'high', not a number",
+                     "'o1' with image 'img/a.png' listed 2 times", "image 'img/gone.png' not in the upload",
+                     "'img/a.tif' is not PNG, JPEG or GIF", "a status needs a category"):
         assert expected in problems, expected
-    (tmp_path / "ecotaxa_one_row.tsv").write_text("object_id\n", encoding="utf-8")
-    assert "fewer than two rows" in validate_ecotaxa_tsv(tmp_path / "ecotaxa_one_row.tsv")[0]
+
+
+def test_an_unclosed_quote_in_a_cell_is_one_line_naming_the_table_line(tmp_path):
+    """T6: a tool that does not quote wrote '"big one'; read as a quoted cell it would swallow rows."""
+    from plankton_transfer.data.ecotaxa import read_table
+
+    lines = ["object_id\timg_file_name\tobject_comment", *[f"o{i}\timgs/{i}.jpg\tok" for i in range(2)],
+             'o2\timgs/2.jpg\t"big one', *[f"o{i}\timgs/{i}.jpg\tok" for i in range(3, 7)], 'o7\timgs/7.jpg\ttail 5" long']
+    (tmp_path / "ecotaxa_q.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with pytest.raises(UserError, match=r"ecotaxa_q.tsv line 4: a cell opens a quote"):
+        read_table(tmp_path / "ecotaxa_q.tsv")
+    quoted = ["object_id\timg_file_name", '"o1"\t"imgs/1.jpg"', '"o2"\t"imgs/2.jpg"']  # EcoTaxa's own quoting
+    (tmp_path / "ecotaxa_ok.tsv").write_text("\n".join(quoted) + "\n", encoding="utf-8")
+    assert read_table(tmp_path / "ecotaxa_ok.tsv")[0]["object_id"].tolist() == ["o1", "o2"]
+
+
+def test_a_folder_link_leaving_the_export_is_refused_as_for_class_folders(tmp_path):
+    """T5: DVC would not see changes behind the link."""
+    make_ecotaxa_export(tmp_path / "export", per_class=4)
+    outside = tmp_path / "outside"
+    (tmp_path / "export" / "sample_a" / "images").rename(outside)
+    os.symlink(outside, tmp_path / "export" / "sample_a" / "images")
+    with pytest.raises(UserError, match="folder links leaving .*sample_a/images"):
+        run_filter(tmp_path / "f", tmp_path / "export")
+
+
+def test_one_image_listed_under_two_categories_is_a_label_conflict(tmp_path):
+    """T31: the same rule as one image filed in two class folders: every copy is dropped."""
+    make_ecotaxa_export(tmp_path / "export", per_class=4)
+    table = tmp_path / "export" / "sample_b" / "ecotaxa_sample_b.tsv"
+    lines = table.read_text(encoding="utf-8").splitlines()
+    first = lines[1].split("\t")  # sample_b has no types row
+    columns = lines[0].split("\t")
+    relabelled = dict(zip(columns, first)) | {"object_id": "again", "object_annotation_category": "Diatomea"}
+    table.write_text("\n".join([*lines, "\t".join(relabelled[c] for c in columns)]) + "\n", encoding="utf-8")
+    manifest, report, _ = run_filter(tmp_path / "f", tmp_path / "export")
+    path = "sample_b/" + dict(zip(columns, first))["img_file_name"]
+    assert path not in set(manifest["path"])
+    assert [sorted(c["classes"]) for c in report["label_conflicts"]] == [["Copepoda", "Diatomea"]]
 
 
 def test_rows_without_an_object_id_are_separate_objects_and_predict_marks_them(tmp_path):

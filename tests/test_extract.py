@@ -61,8 +61,8 @@ def test_images_of_one_size_are_preprocessed_together_with_the_same_result(mode)
 def prepared(tmp_path):
     raw = make_dataset(tmp_path / "raw", {"a": 6, "b": 6, "c": 6})
     Image.fromarray(np.full((40, 30), 90, np.uint8)).save(raw / "a" / "grey.png")  # not a JPEG: Pillow path
-    params = write_params(tmp_path / "params.yaml", filter={"min_images_per_class": 3, "workers": 1},
-                          extract={"batch_size": 8, "workers": 0})
+    params = write_params(tmp_path / "params.yaml", filter={"min_images_per_class": 3},
+                          extract={"batch_size": 8})
     filter_and_split(tmp_path, raw, params)
     return tmp_path, raw, params
 
@@ -75,23 +75,23 @@ def run_extract(tmp_path, raw, params, out_name: str, model: str = "alexnet") ->
 def test_extract_writes_float16_features_labels_and_meta(prepared):
     tmp_path, raw, params = prepared
     meta = run_extract(tmp_path, raw, params, "feat")
-    assert meta["sizes"] == {"train": 13, "val": 3, "test": 3}  # a: 7 images (5/1/1), b and c: 6 (4/1/1)
+    assert meta.sizes == {"train": 13, "val": 3, "test": 3}  # a: 7 images (5/1/1), b and c: 6 (4/1/1)
     x, y = load_split(tmp_path / "feat", "train")
     assert x.dtype == np.float16 and x.shape == (13, 4096) and y.shape == (13,)
-    assert meta["weights"]["pretrained"] is False and meta["decoded_on_device"] == 0
+    assert meta.weights.pretrained is False and meta.decoded_on_device == 0
     assert json.loads((tmp_path / "feat" / "meta.json").read_text())["classes"] == ["a", "b", "c"]
     again = run_extract(tmp_path, raw, params, "feat2")
-    assert np.array_equal(load_split(tmp_path / "feat2", "train")[0], x) and again["classes"] == meta["classes"]
+    assert np.array_equal(load_split(tmp_path / "feat2", "train")[0], x) and again.classes == meta.classes
 
 
 def test_device_decoding_path_gives_the_same_features(prepared):
     """The GPU path (raw JPEG bytes to torchvision.io.decode_jpeg on the device), run on CPU."""
     tmp_path, raw, params = prepared
     base = run_extract(tmp_path, raw, params, "pil", model="efficientnet_lite0")
-    write_params(params, filter={"min_images_per_class": 3, "workers": 1},
-                 extract={"batch_size": 8, "workers": 0, "decode": "device"})
+    write_params(params, filter={"min_images_per_class": 3},
+                 extract={"batch_size": 8, "decode": "device"})
     dev = run_extract(tmp_path, raw, params, "dev", model="efficientnet_lite0")
-    assert base["decoded_on_device"] == 0 and dev["decoded_on_device"] == 18  # all but grey.png
+    assert base.decoded_on_device == 0 and dev.decoded_on_device == 18  # all but grey.png
     for split in ("train", "val", "test"):
         a = load_split(tmp_path / "pil", split)[0].astype(np.float32)
         b = load_split(tmp_path / "dev", split)[0].astype(np.float32)

@@ -13,7 +13,7 @@ from PIL import Image
 from plankton_transfer.data.grouping import assign_grouped_splits
 from plankton_transfer.data.leakage import near_duplicate_pairs
 from plankton_transfer.errors import UserError
-from plankton_transfer.params import SplitParams
+from plankton_transfer.params.split import SplitParams
 from stages import filter as filter_stage
 from stages import split as split_stage
 from tests.conftest import write_params
@@ -45,9 +45,9 @@ def filtered(tmp_path_factory):
             image.resize((61, 51), Image.BILINEAR).save(raw / cls / names[1])
             (raw / cls / names[2]).write_bytes(buf.getvalue())
             base_of.update({f"{cls}/{n}": f"{cls}/{b}" for n in names})
-    params = write_params(root / "params.yaml", data={"raw": str(raw)}, filter={"workers": 1})
+    params = write_params(root / "params.yaml", data={"raw": str(raw)}, filter={})
     filter_stage.main(["--manifest", str(root / "manifest.csv"), "--report", str(root / "report.json"),
-                       "--metrics", str(root / "filter.json"), "--cache-file", str(root / "cache.csv"),
+                       "--cache-file", str(root / "cache.csv"),
                        "--params", str(params)])
     return root, base_of
 
@@ -56,11 +56,11 @@ def run_split(root, name: str, **split) -> tuple[pd.DataFrame, dict, pd.DataFram
     params = write_params(root / f"{name}.yaml", split=split)
     out = root / name
     split_stage.main(["--manifest", str(root / "manifest.csv"), "--out-dir", str(out / "split"),
-                      "--metrics", str(out / "split.json"), "--report", str(out / "report.json"),
+                      "--report", str(out / "report.json"),
                       "--near-duplicates", str(out / "pairs.csv"), "--params", str(params)])
     parts = pd.concat([pd.read_csv(out / "split" / f"{s}.csv", keep_default_na=False)
                        for s in ("train", "val", "test")])
-    return parts, json.loads((out / "split.json").read_text()), pd.read_csv(out / "pairs.csv")
+    return parts, json.loads((out / "report.json").read_text()), pd.read_csv(out / "pairs.csv")
 
 
 def test_without_grouping_copies_straddle_splits_and_every_pair_is_reported(filtered):

@@ -28,14 +28,16 @@ from PIL import Image
 from plankton_transfer.data import features
 from plankton_transfer.data.features import FeatureWriter
 from plankton_transfer.data.filtering import filter_dataset
-from plankton_transfer.data.images import ImageParams, check_image
+from plankton_transfer.data.images import check_image
 from plankton_transfer.data.loading import ImageFiles
 from plankton_transfer.data.scan import scan_dataset
 from plankton_transfer.errors import UserError, run_cli
 from plankton_transfer.files import PARTIAL_SUFFIX, atomic_path, write_csv, write_json, write_text
-from plankton_transfer.models.heads import MODEL_FORMAT, load_model_file
-from plankton_transfer.models.weights import load_state_dict_file
-from plankton_transfer.params import FilterParams, read_params
+from plankton_transfer.models.model_file import ModelFile
+from plankton_transfer.models.torch_files import load_tensor_file
+from plankton_transfer.params.core import read_params
+from plankton_transfer.params.filter import FilterParams
+from plankton_transfer.params.image import ImageParams
 from stages import compare as compare_stage
 from stages import evaluate as evaluate_stage
 from stages import extract as extract_stage
@@ -79,7 +81,7 @@ def partials(folder: Path) -> list[str]:
 
 def filter_args(raw: Path, out: Path, params: Path) -> list[str]:
     return ["--raw", str(raw), "--manifest", str(out / "manifest.csv"), "--report", str(out / "report.json"),
-            "--metrics", str(out / "filter.json"), "--cache-file", str(out / "cache.csv"), "--params", str(params)]
+            "--cache-file", str(out / "cache.csv"), "--params", str(params)]
 
 
 # 9.1: no command deletes what it did not create ---------------------------------------
@@ -97,12 +99,12 @@ def test_9_1_a_file_output_never_replaces_an_existing_folder(tmp_path, capsys):
     # through a stage: split's outputs are files, and train.csv is a user's folder here
     manifest = tmp_path / "manifest.csv"
     make_dataset(tmp_path / "raw", {"a": 3, "b": 3})
-    params = write_params(tmp_path / "params.yaml", filter={"min_images_per_class": 1, "workers": 1})
+    params = write_params(tmp_path / "params.yaml", filter={"min_images_per_class": 1})
     filter_stage.main(filter_args(tmp_path / "raw", tmp_path, params))
     (tmp_path / "split" / "train.csv").mkdir(parents=True)
     (tmp_path / "split" / "train.csv" / "keep.txt").write_text("mine\n")
     code, err = cli(split_stage.main, ["--manifest", str(manifest), "--out-dir", str(tmp_path / "split"),
-                                       "--metrics", str(tmp_path / "s.json"), "--params", str(params)], capsys)
+                                       "--params", str(params)], capsys)
     assert code == 2 and "train.csv is a folder" in the_error(err)
     assert (tmp_path / "split" / "train.csv" / "keep.txt").read_text() == "mine\n"
 
@@ -159,7 +161,7 @@ def test_9_2_a_forged_prefix_is_refused_by_the_fetch_command_from_the_hub_cache_
     import dataclasses
 
     from plankton_transfer.cli import fetch_weights
-    from plankton_transfer.models.backbones import REGISTRY
+    from plankton_transfer.models.backbones import get_backbone
     from plankton_transfer.models.weights import WeightSpec, hub_checkpoint_dir
 
     forged = tmp_path / "server" / "toy.pth"
@@ -168,7 +170,8 @@ def test_9_2_a_forged_prefix_is_refused_by_the_fetch_command_from_the_hub_cache_
     digest = hashlib.sha256(forged.read_bytes()).hexdigest()
     name = f"toy-{digest[:8]}.pth"  # the forger matched the 8 hex digits of the official name
     spec = WeightSpec(filename=name, url=forged.as_uri(), sha256=digest[:8] + "0" * 56)
-    monkeypatch.setitem(REGISTRY, "toy", dataclasses.replace(REGISTRY["alexnet"], name="toy", weights=spec))
+    toy = dataclasses.replace(get_backbone("alexnet"), name="toy", weights=spec)
+    monkeypatch.setattr(fetch_weights, "get_backbone", lambda name: toy if name == "toy" else get_backbone(name))
     params = write_params(tmp_path / "params.yaml", pretrained={"dir": str(tmp_path / "pretrained")})
     with pytest.raises(UserError, match="weights not available for toy"):
         fetch_weights.main(["--models", "toy", "--params", str(params)])  # downloaded
@@ -188,9 +191,9 @@ def test_9_2_a_forged_prefix_is_refused_by_the_fetch_command_from_the_hub_cache_
 def test_9_3_odd_data_raw_works_through_dvc_and_a_model_name_cannot_run_a_command(tmp_path):
     raw = "data/it's a \"raw\" (2023) $HOME"
     make_dataset(tmp_path / raw, {"a": 4, "b": 4})
-    repo = make_repo(tmp_path, data={"raw": raw}, filter={"min_images_per_class": 2, "workers": 1})
+    repo = make_repo(tmp_path, data={"raw": raw}, filter={"min_images_per_class": 2})
     done = run(repo, "dvc", "repro", "split")
-    assert json.loads((repo / "metrics" / "filter.json").read_text())["data"]["images"] == 8
+    assert json.loads((repo / "data" / "filtered" / "report.json").read_text())["summary"]["kept"] == 8
     assert sum(len(pd.read_csv(repo / "data" / "split" / f"{s}.csv")) for s in ("train", "val", "test")) == 8
     assert "unrecognized arguments" not in done.stderr
     params = yaml.safe_load((repo / "params.yaml").read_text())
@@ -205,10 +208,10 @@ def test_9_3_odd_data_raw_works_through_dvc_and_a_model_name_cannot_run_a_comman
 def test_9_3_an_unregistered_backbone_stops_the_first_stage_before_any_work(tmp_path):
     raw = make_dataset(tmp_path / "raw", {"a": 3, "b": 3})
     params = write_params(tmp_path / "params.yaml", models=["alexnet", "resnet9000"], data={"raw": str(raw)},
-                          filter={"min_images_per_class": 2, "workers": 1})
+                          filter={"min_images_per_class": 2})
     with pytest.raises(UserError, match="unknown backbone.*'resnet9000'.*choose from alexnet"):
         filter_stage.main(["--manifest", str(tmp_path / "m.csv"), "--report", str(tmp_path / "r.json"),
-                           "--metrics", str(tmp_path / "f.json"), "--cache-file", str(tmp_path / "c.csv"),
+                           "--cache-file", str(tmp_path / "c.csv"),
                            "--params", str(params)])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml", "raw"]
 
@@ -225,7 +228,7 @@ def test_9_4_non_utf8_names_are_rejected_with_a_readable_reason_and_nothing_is_l
     for i in range(3):
         organism(np.random.default_rng(10 + i), 1).save(os.fsdecode(encoded + b"/caf\xe9/c%d.jpg" % i))
     Path(os.fsdecode(encoded + b"/Diatom/n\xe4tes.csv")).write_text("id\n")
-    params = write_params(tmp_path / "params.yaml", filter={"min_images_per_class": 2, "workers": 1})
+    params = write_params(tmp_path / "params.yaml", filter={"min_images_per_class": 2})
     out = tmp_path / "out"
     for _ in range(2):  # the second run reads the validation cache the first wrote
         code, err = cli(filter_stage.main, filter_args(raw, out, params), capsys)
@@ -244,7 +247,7 @@ def test_9_4_non_utf8_names_are_rejected_with_a_readable_reason_and_nothing_is_l
 
 def test_9_4_a_validation_cache_that_cannot_be_written_costs_no_finished_work(tmp_path, capsys):
     raw = make_dataset(tmp_path / "raw", {"a": 3, "b": 3})
-    params = write_params(tmp_path / "params.yaml", filter={"min_images_per_class": 1, "workers": 1})
+    params = write_params(tmp_path / "params.yaml", filter={"min_images_per_class": 1})
     out = tmp_path / "out"
     (out / "cache.csv").mkdir(parents=True)  # in the way of the cache file
     code, err = cli(filter_stage.main, filter_args(raw, out, params), capsys)
@@ -260,7 +263,7 @@ def test_9_5_a_folder_link_leaving_data_raw_stops_the_filter_with_the_fix(tmp_pa
     make_dataset(tmp_path / "other", {"c": 3})
     os.symlink(tmp_path / "other" / "c", raw / "c")
     os.symlink(tmp_path / "other", raw / "a" / "more")  # deeper inside a class too
-    params = write_params(tmp_path / "params.yaml", filter={"min_images_per_class": 1, "workers": 1})
+    params = write_params(tmp_path / "params.yaml", filter={"min_images_per_class": 1})
     code, err = cli(filter_stage.main, filter_args(raw, tmp_path / "out", params), capsys)
     message = the_error(err)
     assert code == 2 and "a/more, c;" in message and "copy the data in, or point data.raw at the real folder" in message
@@ -281,7 +284,7 @@ def test_9_5_a_linked_data_raw_and_links_to_files_are_fine(tmp_path):
 
 def test_9_6_one_class_left_stops_the_filter_naming_the_class_and_threshold(tmp_path, capsys):
     raw = make_dataset(tmp_path / "raw", {"copepod": 5, "diatom": 2})
-    params = write_params(tmp_path / "params.yaml", filter={"min_images_per_class": 3, "workers": 1})
+    params = write_params(tmp_path / "params.yaml", filter={"min_images_per_class": 3})
     out = tmp_path / "out"
     code, err = cli(filter_stage.main, filter_args(raw, out, params), capsys)
     message = the_error(err)
@@ -293,7 +296,7 @@ def test_9_6_one_class_left_stops_the_filter_naming_the_class_and_threshold(tmp_
 
 def test_9_6_the_stage_exits_2_with_one_line_from_the_command_line(tmp_path):
     raw = make_dataset(tmp_path / "raw", {"copepod": 3})
-    params = write_params(tmp_path / "params.yaml", filter={"min_images_per_class": 1, "workers": 1})
+    params = write_params(tmp_path / "params.yaml", filter={"min_images_per_class": 1})
     proc = subprocess.run([sys.executable, "-m", "stages.filter", *filter_args(raw, tmp_path / "out", params)],
                           cwd=ROOT, capture_output=True, text=True, env=command_env())
     assert proc.returncode == 2
@@ -306,7 +309,7 @@ def test_9_6_the_stage_exits_2_with_one_line_from_the_command_line(tmp_path):
 @pytest.fixture
 def bad_model_files(tmp_path):
     good = tmp_path / "good.pt"
-    torch.save({"format": MODEL_FORMAT, "head": {"weight": torch.zeros(2, 3)}, "classes": ["a", "b"]}, good)
+    torch.save({"format": "plankton-transfer/model", "head": {"weight": torch.zeros(2, 3)}, "classes": ["a", "b"]}, good)
     truncated = tmp_path / "truncated.pt"
     truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     text = tmp_path / "notes.pt"
@@ -320,7 +323,7 @@ def bad_model_files(tmp_path):
     return {"missing": (tmp_path / "no_such.pt", "not found; check the path"),
             "folder": (folder, "is a folder, not a weight or model file"),
             "text": (text, "is not a"), "truncated": (truncated, "is not a readable PyTorch file"),
-            "code": (evil, "could run code"), "other": (other, "is not a model file of this pipeline")}
+            "code": (evil, "could run code"), "other": (other, "is not a plankton-transfer/model file")}
 
 
 class RunsCode:
@@ -333,14 +336,13 @@ def test_9_7_a_bad_model_file_is_one_line(bad_model_files, case, tmp_path, monke
     monkeypatch.setenv("MARKER", str(tmp_path / "marker"))
     path, expected = bad_model_files[case]
     with pytest.raises(UserError) as err:
-        load_model_file(path)
+        ModelFile.load(path)
     message = one_line(err)
     assert str(path) in message and expected in message and "weights_only" not in message
     if case != "other":
         with pytest.raises(UserError, match=expected):
-            load_state_dict_file(path)
-    outputs = [arg for name in ("metrics", "confusion", "confusion-png", "per-class", "misclassified", "run-record",
-                                "thresholds-table", "thresholds-png")
+            load_tensor_file(path)
+    outputs = [arg for name in ("out-dir", "plots-dir", "confusion", "reliability", "review-curve")
                for arg in (f"--{name}", str(tmp_path / "out" / name))]
     code, stderr = cli(evaluate_stage.main, ["--model-file", str(path), "--features", str(tmp_path / "f"), *outputs],
                        capsys)
@@ -375,8 +377,8 @@ def stage_calls(tmp_path: Path, params: Path) -> dict:
                                          "--out-dir", out, "--params", str(params)]),
         "train": (train_stage.main, ["--features", missing, "--model-file", out, "--live-dir", out,
                                      "--params", str(params)]),
-        "compare": (compare_stage.main, ["--metrics-dir", missing, "--runs-dir", missing, "--out-dir", out,
-                                         "--plot", str(tmp_path / "p.png"), "--params", str(params)]),
+        "compare": (compare_stage.main, ["--evaluations", missing, "--crossvals", missing, "--out-dir", out,
+                                         "--plots-dir", out, "--headline", out, "--params", str(params)]),
     }
 
 
@@ -421,11 +423,11 @@ def test_9_8_split_fractions_and_other_ranges(tmp_path):
 def prepared(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("prepared")
     raw = make_dataset(tmp / "raw", {"a": 5, "b": 5})
-    params = write_params(tmp / "params.yaml", filter={"min_images_per_class": 3, "workers": 1},
-                          extract={"batch_size": 4, "workers": 0})
+    params = write_params(tmp / "params.yaml", filter={"min_images_per_class": 3},
+                          extract={"batch_size": 4})
     filter_stage.main(filter_args(raw, tmp, params))
     split_stage.main(["--manifest", str(tmp / "manifest.csv"), "--out-dir", str(tmp / "split"),
-                      "--metrics", str(tmp / "s.json"), "--params", str(params)])
+                      "--params", str(params)])
     return tmp, raw, params
 
 
@@ -558,18 +560,18 @@ def test_9_11_a_file_link_loop_is_a_broken_link(tmp_path):
     os.symlink("b_loop.jpg", raw / "a" / "a_loop.jpg")
     os.symlink("a_loop.jpg", raw / "a" / "b_loop.jpg")
     os.symlink("nowhere.jpg", raw / "b" / "dangling.jpg")
-    result = filter_dataset(raw, FilterParams(min_images_per_class=1, workers=1), IMG)
-    reasons = {e["path"]: e["reason"] for e in result.report["ignored"]["entries"]}
+    result = filter_dataset(raw, FilterParams(min_images_per_class=1), IMG)
+    reasons = {e["path"]: e["reason"] for e in result.report.ignored["entries"]}
     assert reasons == {"a/a_loop.jpg": "broken link or special file", "a/b_loop.jpg": "broken link or special file",
                        "b/dangling.jpg": "broken link or special file"}
-    assert len(result.manifest) == 6 and result.report["files_seen"] == 9
+    assert len(result.manifest) == 6 and result.report.files_seen == 9
 
 
 # 9.13: smaller ones --------------------------------------------------------------------
 
 
 def test_9_13_empty_folders_and_all_conflicts_do_not_suggest_lowering_the_threshold(tmp_path, capsys):
-    params = write_params(tmp_path / "params.yaml", filter={"min_images_per_class": 2, "workers": 1})
+    params = write_params(tmp_path / "params.yaml", filter={"min_images_per_class": 2})
     empty = tmp_path / "empty"
     (empty / "a").mkdir(parents=True)
     (empty / "b").mkdir()

@@ -1,16 +1,19 @@
 """IFCB raw data: bins of both instrument generations, read exactly as pyifcb reads them."""
 from __future__ import annotations
 
+import io
+import zipfile
+
 import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
 
 from plankton_transfer.cli import predict
-from plankton_transfer.data.ecotaxa_tsv import validate_ecotaxa_tsv
+from plankton_transfer.data.ecotaxa_tsv import check_upload
 from plankton_transfer.data.images import BadImage
 from plankton_transfer.data.sources import list_inputs, load_item, roi_pixels
-from plankton_transfer.params import ImageParams
+from plankton_transfer.params.image import ImageParams
 from tests.field_data import roi_pixels as random_pixels
 from tests.field_data import tiny_model_file, write_bin
 
@@ -58,18 +61,20 @@ def test_both_generations_decode_exactly_the_pixels_written(tmp_path):
 def test_prediction_on_bins_writes_the_rois_as_png_and_a_valid_ecotaxa_table(tmp_path):
     expected = make_bins(tmp_path / "ifcb", np.random.default_rng(1))
     model = tiny_model_file(tmp_path / "tiny.pt")
-    out = tmp_path / "results" / "cruise.csv"
+    out = tmp_path / "results" / "cruise"
     table = predict.main(["--model", str(model), "--input", str(tmp_path / "ifcb"), "--out", str(out),
                           "--workers", "0", "--device", "cpu"])
     classified = table[table["error"] == ""]
     assert set(classified["id"]) == set(expected)
     assert set(table[table["error"] != ""]["id"]) == {"D20240102T000000_IFCB127_00001", "D20240103T000000_IFCB127"}
-    tsv = out.with_name("ecotaxa_cruise.tsv")
-    assert validate_ecotaxa_tsv(tsv) == []
-    rows = pd.read_csv(tsv, sep="\t", skiprows=[1], keep_default_na=False)
-    assert set(rows["object_id"]) == set(expected) and set(rows["sample_id"]) == {V1, V2, V2_REORDERED}
-    for name, object_id in zip(rows["img_file_name"], rows["object_id"]):
-        np.testing.assert_array_equal(np.asarray(Image.open(tsv.parent / name)), expected[object_id])
+    upload = out / "ecotaxa_cruise.zip"
+    assert check_upload(upload) == []  # pyecotaxa's Archive.validate() and EcoTaxa's importer rules
+    with zipfile.ZipFile(upload) as z:
+        rows = pd.read_csv(io.BytesIO(z.read("ecotaxa_cruise.tsv")), sep="\t", skiprows=[1], keep_default_na=False,
+                           encoding="utf-8-sig")
+        assert set(rows["object_id"]) == set(expected) and set(rows["sample_id"]) == {V1, V2, V2_REORDERED}
+        for name, object_id in zip(rows["img_file_name"], rows["object_id"]):
+            np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(z.read(name)))), expected[object_id])
 
 
 def test_a_bin_without_its_adc_or_named_unlike_a_bin_is_reported_not_dropped(tmp_path):

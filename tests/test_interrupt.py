@@ -18,8 +18,8 @@ KILL_POINTS = {
     "split": "val.csv",
     "extract@alexnet": "alexnet",  # the features folder, after every image went through the backbone
     "train@alexnet": "alexnet.pt",
-    "evaluate@alexnet": "alexnet.csv",  # metrics/per_class/alexnet.csv: the confusion plots are written
-    "compare": "compare.json",
+    "evaluate@alexnet": "alexnet",  # its results folder, after the figures are in place
+    "compare": "headline.json",  # the last output it writes
 }
 TIMING = ("seconds", "per_s")
 
@@ -52,7 +52,7 @@ def repo(tmp_path_factory):
 def test_sigkill_mid_stage_then_repro_gives_the_uninterrupted_result(repo, stage):
     repo, reference = repo
     killed = subprocess.run(["dvc", "repro", "--force", "--single-item", stage], cwd=repo, capture_output=True,
-                            text=True, env=command_env({"PLANKTON_KILL_BEFORE": KILL_POINTS[stage]}),
+                            text=True, env=command_env({"PLANKTON_TEST_KILL_BEFORE": KILL_POINTS[stage]}),
                             start_new_session=True)  # its own process group: the kill takes dvc too
     assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
     assert stages_run(killed.stdout) == [stage]

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 
 from plankton_transfer.evaluation.scoring import misclassified
-from plankton_transfer.evaluation.metrics import confusion, per_class_table, summary_metrics
+from plankton_transfer.evaluation.metrics import confusion, per_class_table, score
 
 Y = np.array([0, 1, 2, 2])
 P = np.array([
@@ -18,8 +18,8 @@ P = np.array([
 ])
 
 
-def test_summary_metrics_by_hand():
-    m = summary_metrics(Y, P)
+def test_every_metric_by_hand():
+    m = score(Y, P)
     assert m["accuracy"] == 0.5
     assert math.isclose(m["loss"], -np.mean(np.log([0.7, 0.4, 0.8, 0.3])), rel_tol=1e-9)
     assert m["top5"] == 1.0  # 3 classes: top-2, and every true class is in its row's top two

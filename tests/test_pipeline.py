@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from plankton_transfer.evaluation.summary import CrossvalSummary, EvaluationSummary, RunRecord
 from tests.conftest import make_messy_dataset
 from tests.pipeline_repo import commit, make_repo, run, stages_run
 
@@ -18,39 +19,42 @@ MODELS = ["alexnet", "vgg11", "efficientnet_lite0"]
 def repo(tmp_path_factory):
     repo = tmp_path_factory.mktemp("pipeline")
     expected = make_messy_dataset(repo / "data" / "raw", per_class=10)
-    make_repo(repo, data={"raw": "data/raw"}, filter={"min_images_per_class": 5, "workers": 1},
+    make_repo(repo, data={"raw": "data/raw"}, filter={"min_images_per_class": 5},
               extract={"batch_size": 16}, crossval={"folds": 2, "repeats": 1})  # quick: 2 heads
     first = run(repo, "dvc", "repro")
     commit(repo, "baseline")
     return repo, expected, first
 
 
-def metrics(repo, name):
-    return json.loads((repo / "metrics" / "evaluate" / f"{name}.json").read_text())[name]
+def summary(repo, name) -> EvaluationSummary:
+    return EvaluationSummary.load_json(repo / "metrics" / "evaluate" / name / "summary.json")
+
+
+def sizes(repo) -> dict:
+    return json.loads((repo / "data" / "split_report.json").read_text())["sizes"]
 
 
 def test_repro_writes_metrics_plots_and_comparison_for_every_model(repo):
     repo, expected, first = repo
     assert stages_run(first.stdout)[:2] == ["filter", "split"]
     for name in MODELS:
-        m = metrics(repo, name)
+        s = summary(repo, name)
         for split in ("val", "test"):
-            assert set(m[split]) == {"accuracy", "top5", "loss", "macro_f1", "balanced_accuracy",
-                                     *(f"{k}_{end}" for k in ("accuracy", "balanced_accuracy", "macro_f1")
-                                       for end in ("lo", "hi"))}
-        assert m["epochs"] >= m["best_epoch"] >= 1
-        timing = json.loads((repo / "metrics" / "runs" / f"{name}.json").read_text())["timing"]
+            assert set(s.splits[split].metrics) == {"accuracy", "top5", "loss", "macro_f1", "balanced_accuracy"}
+            assert s.splits[split].images == sizes(repo)[split]
+        assert s.epochs >= s.best_epoch >= 1
+        timing = RunRecord.load_json(repo / "metrics" / "evaluate" / name / "run.json").timing
         assert timing["train_seconds"] > 0 and timing["extract_images_per_s"] > 0
-        assert (repo / "plots" / "evaluate" / f"{name}_confusion_test.png").stat().st_size > 5000
+        assert (repo / "plots" / "evaluate" / name / "confusion.png").stat().st_size > 5000
         confusion = json.loads((repo / "plots" / "confusion" / f"{name}.json").read_text())
-        assert len(confusion) == json.loads((repo / "metrics" / "split.json").read_text())["sizes"]["test"]
+        assert len(confusion) == sizes(repo)["test"]
         assert (repo / "models" / f"{name}.pt").is_file()
-    assert metrics(repo, "efficientnet_lite0")["pretrained"] is True
-    assert metrics(repo, "alexnet")["pretrained"] is False and metrics(repo, "vgg11")["pretrained"] is False
-    record = json.loads((repo / "metrics" / "runs" / "alexnet.json").read_text())
-    assert record["weights"]["description"] == "random init (NOT pretrained)"
-    lite0 = json.loads((repo / "metrics" / "runs" / "efficientnet_lite0.json").read_text())["weights"]
-    assert lite0["check"] == "full sha256 pinned in the registry" and len(lite0["sha256"]) == 64
+    assert summary(repo, "efficientnet_lite0").pretrained is True
+    assert summary(repo, "alexnet").pretrained is False and summary(repo, "vgg11").pretrained is False
+    record = RunRecord.load_json(repo / "metrics" / "evaluate" / "alexnet" / "run.json")
+    assert record.weights.description == "random init (NOT pretrained)"
+    lite0 = RunRecord.load_json(repo / "metrics" / "evaluate" / "efficientnet_lite0" / "run.json").weights
+    assert lite0.check == "full sha256 pinned in the registry" and len(lite0.sha256) == 64
     table = (repo / "metrics" / "compare" / "compare.md").read_text()
     assert table.count("NOT pretrained") >= 2 and "efficientnet_lite0 | ImageNet" in table
     assert (repo / "plots" / "compare" / "accuracy_vs_time.png").is_file()
@@ -62,28 +66,27 @@ def test_every_model_has_intervals_calibration_abundance_and_cross_validation(re
     pairs = json.loads((repo / "metrics" / "compare" / "pairs.json").read_text())
     assert len(pairs) == 3 and table.count("McNemar p") == 3
     for name in MODELS:
-        m = metrics(repo, name)
+        s = summary(repo, name)
         for split in ("val", "test"):
             for key in ("accuracy", "balanced_accuracy", "macro_f1"):
-                assert m[split][f"{key}_lo"] <= m[split][key] <= m[split][f"{key}_hi"], (name, split, key)
-        shown = f"{100 * m['test']['accuracy']:.1f} [{100 * m['test']['accuracy_lo']:.1f}, " \
-                f"{100 * m['test']['accuracy_hi']:.1f}]"
-        assert shown in table.split("\n## ")[0]  # in the main table
-        c = m["calibration"]
-        assert c["val_loss_after"] <= c["val_loss_before"] and c["temperature"] > 0
-        assert {"test_ece_before", "test_ece_after", "test_loss_before", "test_loss_after"} <= set(c)
-        assert set(m["abundance"]) == {"classify_count_error", "adjusted_count_error"}
-        cv = json.loads((repo / "metrics" / "crossval" / f"{name}.json").read_text())[name]["crossval"]
-        assert (cv["folds"], cv["repeats"]) == (2, 1)
-        assert f"| {name} | {100 * cv['accuracy_mean']:.1f} ± " in table
-        assert (repo / "plots" / "abundance" / f"{name}.png").stat().st_size > 5000
+                e = s.estimate(split, key)
+                assert e.low <= e.value <= e.high, (name, split, key)
+        assert s.estimate("test", "accuracy").shown("accuracy") in table.split("\n## ")[0]  # in the main table
+        c = s.calibration
+        assert c.val_loss_after <= c.val_loss_before and c.temperature > 0
+        assert c.test_ece_after.low <= c.test_ece_after.value <= c.test_ece_after.high
+        assert {"classify_count_error", "adjusted_count_error"} <= set(s.abundance)
+        cv = CrossvalSummary.load_json(repo / "metrics" / "crossval" / name / "summary.json")
+        assert (cv.folds, cv.repeats) == (2, 1)
+        assert f"| {name} | {cv.metrics['accuracy'].mean * 100:.1f} ± " in table
+        assert (repo / "plots" / "evaluate" / name / "abundance.png").stat().st_size > 5000
     assert (repo / "plots" / "compare" / "intervals.png").stat().st_size > 5000
 
 
 def test_report_names_every_rejected_and_converted_file(repo):
     repo, expected, _ = repo
     report = json.loads((repo / "data" / "filtered" / "report.json").read_text())
-    assert report["files_seen"] == expected["files_on_disk"] == sum(report["summary"].values())
+    assert report["format"] == "plankton-transfer/filter-report" and report["files_seen"] == expected["files_on_disk"] == sum(report["summary"].values())
     assert {r["path"] for r in report["rejected"]["files"]} == set(expected["rejected"])
     assert {c["path"] for c in report["converted"]["files"]} == expected["converted"]
     assert report["classes"]["kept"] == expected["kept_classes"]
@@ -111,20 +114,20 @@ def test_plots_show_renders_curves_and_confusion_matrices(repo):
         (confusion,) = data[f"plots/confusion/{name}.json"]
         assert confusion["type"] == "vega" and confusion["content"]["data"]["values"]
         (curve,) = data[f"plots/train/{name}/plots/metrics/val/loss.tsv"]
-        assert len(curve["content"]["data"]["values"]) == metrics(repo, name)["epochs"]
-        (image,) = data[f"plots/evaluate/{name}_confusion_test.png"]
-        assert image["type"] == "image"
-        (trade_off,) = data[f"metrics/thresholds/{name}.csv"]
+        assert len(curve["content"]["data"]["values"]) == summary(repo, name).epochs
+        for figure in ("confusion", "review", "reliability", "abundance"):
+            (image,) = data[f"plots/evaluate/{name}/{figure}.png"]
+            assert image["type"] == "image"
+        (trade_off,) = data[f"plots/review/{name}.csv"]
         assert trade_off["type"] == "vega" and trade_off["content"]["data"]["values"]
         (reliability,) = data[f"plots/calibration/{name}.json"]
         series = {r["series"] for r in reliability["content"]["data"]["values"]}
         assert {"before (T = 1)", "perfectly calibrated"} <= series
-        assert data[f"plots/calibration/{name}_reliability.png"][0]["type"] == "image"
     for plot in ("train_loss", "validation_loss", "validation_accuracy"):  # top-level: every model in one chart
         (overlay,) = data[plot]
         values = overlay["content"]["data"]["values"]
         assert {r["series"] for r in values} == set(MODELS)
-        assert sum(r["series"] == "vgg11" for r in values) == metrics(repo, "vgg11")["epochs"]
+        assert sum(r["series"] == "vgg11" for r in values) == summary(repo, "vgg11").epochs
     assert data["plots/compare/intervals.png"][0]["type"] == "image"
 
 
@@ -136,7 +139,7 @@ def test_changing_the_learning_rate_reruns_only_train_evaluate_crossval_compare(
     shown = json.loads(run(repo, "dvc", "exp", "show", "--json").stdout)
     text = json.dumps(shown)
     for name in MODELS:
-        assert f'"{name}"' in text and '"test"' in text
+        assert f'"{name}"' in text and '"acc_lo"' in text
     run(repo, "git", "checkout", "--", ".")
     run(repo, "dvc", "checkout", "-q")
 
@@ -149,8 +152,8 @@ def test_changing_crossval_params_reruns_only_crossval_and_compare(repo):
         table = (repo / "metrics" / "compare" / "compare.md").read_text()
         assert "3-fold stratified cross-validation" in table
         for name in MODELS:
-            cv = json.loads((repo / "metrics" / "crossval" / f"{name}.json").read_text())[name]["crossval"]
-            assert cv["folds"] == 3 and f"| {name} | {100 * cv['accuracy_mean']:.1f} ± " in table
+            cv = CrossvalSummary.load_json(repo / "metrics" / "crossval" / name / "summary.json")
+            assert cv.folds == 3 and f"| {name} | {100 * cv.metrics['accuracy'].mean:.1f} ± " in table
     finally:
         run(repo, "git", "checkout", "--", ".")
         run(repo, "dvc", "checkout", "-q")
@@ -182,7 +185,7 @@ def test_predict_on_the_folder_plus_bad_files_gives_the_evaluated_classes(repo, 
     import pandas as pd
 
     from plankton_transfer.cli import predict
-    from plankton_transfer.data.ecotaxa_tsv import validate_ecotaxa_tsv
+    from plankton_transfer.data.ecotaxa_tsv import check_upload
 
     repo, expected, _ = repo
     images = tmp_path / "images"
@@ -191,7 +194,7 @@ def test_predict_on_the_folder_plus_bad_files_gives_the_evaluated_classes(repo, 
     (images / "added.png").write_text("a table saved as .png\n")
     (images / "Copepoda" / ".added_hidden.jpg").write_bytes(b"\0")
     monkeypatch.chdir(repo)  # models/<name>.pt and params.yaml of the pipeline
-    out = tmp_path / "out" / "predictions.csv"
+    out = tmp_path / "out" / "predictions"
     table = predict.main(["--model", name, "--input", str(images), "--out", str(out), "--workers", "0"])
     table = table.set_index("id")
     test = pd.read_csv(repo / "data" / "split" / "test.csv", keep_default_na=False)
@@ -200,27 +203,25 @@ def test_predict_on_the_folder_plus_bad_files_gives_the_evaluated_classes(repo, 
     assert set(table.index[table["error"] != ""]) == {*expected["rejected"], "Copepoda/added_truncated.jpg",
                                                       "added.png"}
     assert not any("ipynb_checkpoints" in i or "/." in i for i in table.index)
-    tsv = out.with_name("ecotaxa_predictions.tsv")
-    assert validate_ecotaxa_tsv(tsv) == []
-    assert len(pd.read_csv(tsv, sep="\t", skiprows=[1])) == int((table["error"] == "").sum())
+    assert check_upload(out / "ecotaxa_predictions.zip") == []
+    assert json.loads((out / "run.json").read_text())["ecotaxa_objects"] == int((table["error"] == "").sum())
 
 
 def test_model_files_carry_class_thresholds_and_evaluate_draws_the_review_trade_off(repo):
     import pandas as pd
 
-    from plankton_transfer.models.heads import load_model_file
+    from plankton_transfer.models.model_file import ModelFile
 
     repo, _, _ = repo
-    sizes = json.loads((repo / "metrics" / "split.json").read_text())["sizes"]
+    split_sizes = sizes(repo)
     for name in MODELS:
-        record = load_model_file(repo / "models" / f"{name}.pt")
-        thresholds = record["thresholds"]
-        assert thresholds["target_precision"] == 0.95 and set(thresholds["per_class"]) == set(record["classes"])
-        assert sum(thresholds["val_predictions"].values()) == sizes["val"]
-        assert all(t is None or 0 < t <= 1 for t in thresholds["per_class"].values())
-        table = pd.read_csv(repo / "metrics" / "thresholds" / f"{name}.csv")
-        assert table["accepted"].iloc[0] == sizes["test"] and table["auto_accepted"].is_monotonic_decreasing
-        assert (repo / "plots" / "thresholds" / f"{name}.png").stat().st_size > 5000
+        model = ModelFile.load(repo / "models" / f"{name}.pt")
+        t = model.thresholds
+        assert t.target_precision == 0.95 and set(t.per_class) == set(model.classes)
+        assert sum(t.predicted_images.values()) == split_sizes["val"]
+        assert all(v is None for v in t.per_class.values())  # a few validation images support no threshold
+        table = pd.read_csv(repo / "metrics" / "evaluate" / name / "review.csv")
+        assert table["accepted"].iloc[0] == split_sizes["test"] and table["auto_accepted"].is_monotonic_decreasing
 
 
 def test_the_exported_model_runs_in_onnxruntime_as_in_pytorch(repo, tmp_path, monkeypatch):
@@ -230,9 +231,8 @@ def test_the_exported_model_runs_in_onnxruntime_as_in_pytorch(repo, tmp_path, mo
     import pandas as pd
 
     from plankton_transfer.cli import export
-    from plankton_transfer.data.images import load_rgb
-    from plankton_transfer.data.preprocess import Preprocess, make_transform
-    from plankton_transfer.params import ImageParams
+    from plankton_transfer.evaluation.metrics import METRICS
+    from tests.onnx_consumer import follow_the_json
 
     repo, _, _ = repo
     monkeypatch.chdir(repo)
@@ -242,19 +242,22 @@ def test_the_exported_model_runs_in_onnxruntime_as_in_pytorch(repo, tmp_path, mo
     assert checks["test_images"] == len(test) and checks["onnx_max_abs_diff"] < 1e-4
     assert checks["torchscript_max_abs_diff"] < 1e-4
     folder = tmp_path / name
-    meta = json.loads((folder / f"{name}.json").read_text())
-    pre = meta["preprocessing"]["done_by_caller"]
-    transform = make_transform(Preprocess(**{k: tuple(v) if isinstance(v, list) else v for k, v in pre.items()
-                                             if k in ("input_size", "resize_size", "interpolation", "mean", "std")}),
-                               pre["mode"])
-    images = np.stack([transform(load_rgb(repo / "data" / "raw" / p, ImageParams())).numpy() for p in test["path"]])
+    description = json.loads((folder / f"{name}.json").read_text())
+    images = np.stack([follow_the_json(description, repo / "data" / "raw" / p) for p in test["path"]])
     session = onnxruntime.InferenceSession(str(folder / f"{name}.onnx"), providers=["CPUExecutionProvider"])
     proba = session.run(None, {"image": images})[0]
     evaluated = [row["predicted"] for row in json.loads((repo / "plots" / "confusion" / f"{name}.json").read_text())]
-    assert [meta["classes"][i] for i in proba.argmax(axis=1)] == evaluated
+    assert [description["classes"][i] for i in proba.argmax(axis=1)] == evaluated
     card = (folder / "MODEL_CARD.md").read_text(encoding="utf-8")
     assert "Noctilucá" in card and "## Limits" in card and "full sha256 pinned" in card
     assert (folder / f"{name}.torchscript.pt").stat().st_size > 1_000_000
+    s = summary(repo, name)  # the card shows every metric that has an interval, with it (issue 16)
+    for split in ("val", "test"):
+        for key, e in s.splits[split].metrics.items():
+            if e.low is not None:
+                m = METRICS[key]
+                assert f"| {m.show(e.value)} | {m.show(e.low)} to {m.show(e.high)} |" in card, (split, key)
+    assert "accuracy_lo" not in card and "belongs to another model" not in card
 
 
 def leaves(tree, prefix=""):
@@ -265,26 +268,50 @@ def leaves(tree, prefix=""):
             yield f"{prefix}{key}", value
 
 
-def test_metric_files_hold_only_numbers_and_the_pretrained_flag(repo):
+def test_the_only_metrics_file_is_the_headline_and_it_holds_at_most_24_numbers(repo):
     repo, _, _ = repo
-    files = [repo / "metrics" / "filter.json", repo / "metrics" / "split.json",
-             *sorted((repo / "metrics" / "evaluate").glob("*.json")),
-             *sorted((repo / "metrics" / "crossval").glob("*.json"))]
-    assert len(files) == 2 + 2 * len(MODELS)
-    for path in files:
-        for key, value in leaves(json.loads(path.read_text())):
-            assert isinstance(value, (int, float)), (path.name, key, value)
-            assert not isinstance(value, bool) or key.endswith("pretrained"), (path.name, key)
+    shown = json.loads(run(repo, "dvc", "metrics", "show", "--json").stdout)
+    files = {path for rev in shown.values() for path in rev.get("data", {})}
+    assert files == {"metrics/headline.json"}
+    values = list(leaves(json.loads((repo / "metrics" / "headline.json").read_text())))
+    assert len(values) <= 24 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for _, v in values)
+    assert {key.split(".")[0] for key, _ in values} == set(MODELS)
+
+
+def test_editing_a_params_section_extract_does_not_read_reruns_no_extract_stage(repo):
+    """Each params section is its own module; extract depends on the ones it reads only."""
+    repo, _, _ = repo
+    read_by_extract = {"base", "core", "data", "extract", "image", "pretrained"}
+    sections = sorted(p for p in (repo / "plankton_transfer" / "params").glob("*.py")
+                      if p.stem not in read_by_extract | {"__init__"})
+    assert {p.stem for p in sections} >= {"stats", "train", "crossval", "thresholds", "split", "every_section"}
+    try:
+        for path in sections:
+            original = path.read_text()
+            path.write_text(original + "# a comment\n")
+            changed = json.loads(run(repo, "dvc", "status", "--json").stdout)
+            path.write_text(original)
+            assert not [s for s in changed if s.startswith("extract@")], (path.name, sorted(changed))
+        entry = repo / "plankton_transfer" / "models" / "backbones" / "resnet_new.py"  # a new backbone
+        entry.write_text("from plankton_transfer.models.backbones._entries import torchvision_classifier\n"
+                         "BACKBONE = torchvision_classifier('resnet_new', 'resnet_new-0000.pth')\n")
+        changed = json.loads(run(repo, "dvc", "status", "--json").stdout)
+        assert not [s for s in changed if s.startswith("extract@")], sorted(changed)
+    finally:
+        run(repo, "git", "checkout", "--", ".")
+        (repo / "plankton_transfer" / "models" / "backbones" / "resnet_new.py").unlink(missing_ok=True)
 
 
 def test_a_weight_file_added_to_one_backbones_folder_reruns_that_backbone_only(repo):
     import shutil
 
-    from plankton_transfer.models.backbones import resolve_backbone_weights
-    from plankton_transfer.params import PretrainedParams
+    from plankton_transfer.models.backbones import get_backbone
+    from plankton_transfer.models.weights import resolve_weights
+    from plankton_transfer.params.pretrained import PretrainedParams
 
     repo, _, _ = repo
-    installed = Path(resolve_backbone_weights("efficientnet_lite0", PretrainedParams()).path)
+    installed = Path(resolve_weights("efficientnet_lite0", get_backbone("efficientnet_lite0").weights,
+                                     PretrainedParams()).path)
     target = repo / "data" / "pretrained" / "efficientnet_lite0" / installed.name
     shutil.copy(installed, target)
     try:

@@ -10,7 +10,7 @@ import pytest
 from stages import split as split_stage
 from plankton_transfer.errors import UserError
 from plankton_transfer.data.splitting import split_counts, split_manifest
-from plankton_transfer.params import SplitParams
+from plankton_transfer.params.split import SplitParams
 from tests.conftest import write_params
 
 
@@ -78,9 +78,9 @@ def test_stage_main(tmp_path):
     m.to_csv(tmp_path / "manifest.csv", index=False)
     params = write_params(tmp_path / "params.yaml")
     split_stage.main(["--manifest", str(tmp_path / "manifest.csv"), "--out-dir", str(tmp_path / "split"),
-                      "--metrics", str(tmp_path / "split.json"), "--report", str(tmp_path / "report.json"),
-                      "--near-duplicates", str(tmp_path / "pairs.csv"), "--params", str(params)])
-    metrics = json.loads((tmp_path / "split.json").read_text())
+                      "--report", str(tmp_path / "report.json"), "--near-duplicates", str(tmp_path / "pairs.csv"),
+                      "--params", str(params)])
+    metrics = json.loads((tmp_path / "report.json").read_text())
     assert metrics["sizes"] == {"train": 16, "val": 2, "test": 2}
     assert metrics["leakage"]["near_duplicate_pairs"] == 0 and metrics["fraction_difference"] == 0.0
     test = pd.read_csv(tmp_path / "split" / "test.csv", keep_default_na=False)
@@ -95,8 +95,7 @@ def test_reports_default_to_beside_the_output_folder(tmp_path, monkeypatch):
     manifest({"a": 10, "b": 10}).to_csv(tmp_path / "manifest.csv", index=False)
     params = write_params(tmp_path / "params.yaml")
     out = tmp_path / "run" / "split"
-    split_stage.main(["--manifest", str(tmp_path / "manifest.csv"), "--out-dir", str(out),
-                      "--metrics", str(tmp_path / "split.json"), "--params", str(params)])
+    split_stage.main(["--manifest", str(tmp_path / "manifest.csv"), "--out-dir", str(out), "--params", str(params)])
     assert json.loads((out.parent / "split_report.json").read_text())["near_duplicate_pairs_file"] == \
         str(out.parent / "split_near_duplicates.csv")
     assert (out.parent / "split_near_duplicates.csv").is_file() and not (tmp_path / "data").exists()

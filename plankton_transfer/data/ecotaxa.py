@@ -18,6 +18,7 @@ duplicates, class selection and the report work unchanged:
 from __future__ import annotations
 
 import dataclasses
+import io
 import os
 import posixpath
 import re
@@ -26,9 +27,9 @@ from pathlib import Path, PurePosixPath
 import pandas as pd
 
 from plankton_transfer.data.images import is_image_name
-from plankton_transfer.data.scan import Candidate, Scan, is_hidden
+from plankton_transfer.data.scan import Candidate, Scan, is_hidden, leaves_raw, refuse_outside_links
 from plankton_transfer.errors import UserError
-from plankton_transfer.params import EcotaxaParams
+from plankton_transfer.params.ecotaxa import EcotaxaParams
 
 TABLE_NAME = re.compile(r"^ecotaxa.*\.tsv$", re.IGNORECASE)  # what EcoTaxa's importer picks up
 TYPE_CELL = re.compile(r"^\[[tf]\]$")
@@ -61,13 +62,21 @@ def is_ecotaxa_export(raw: str | Path) -> bool:
 
 
 def read_table(path: Path) -> tuple[pd.DataFrame, int]:
-    """A table's rows as text (the types row dropped) and the file line of its first row."""
+    """A table's rows as text (the types row dropped) and the file line of its first row.
+
+    Cells may be quoted as EcoTaxa's exports quote them (``"text"``). A cell that opens a quote
+    it does not close on its line (``"big one`` written by a tool that does not quote) would
+    swallow the rows after it into one cell: such a table is refused, naming the line."""
     try:
-        frame = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, encoding="utf-8-sig")
+        text = path.read_bytes().decode("utf-8-sig")
     except UnicodeDecodeError:
-        raise UserError(f"{path} is not UTF-8 text; EcoTaxa writes UTF-8: export it again or convert it") from None
+        raise UserError(f"{path} is not UTF-8 text; export it from EcoTaxa again without the Latin-1 option, or "
+                        "convert it (e.g. iconv -f latin1 -t utf-8)") from None
+    try:
+        frame = pd.read_csv(io.StringIO(text), sep="\t", dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as err:
         raise UserError(f"{path} is not a tab-separated EcoTaxa table ({str(err).strip()}); export it again") from None
+    refuse_unclosed_quotes(path, text, frame)
     frame.columns = [str(c).strip().lower() for c in frame.columns]
     for column in ("object_id", "img_file_name"):
         if column not in frame.columns:
@@ -76,6 +85,18 @@ def read_table(path: Path) -> tuple[pd.DataFrame, int]:
     if len(frame) and all(TYPE_CELL.match(str(v).strip()) for v in frame.iloc[0]):
         frame, first_line = frame.iloc[1:].reset_index(drop=True), 3
     return frame, first_line
+
+
+def refuse_unclosed_quotes(path: Path, text: str, frame: pd.DataFrame) -> None:
+    """One line when a quoted cell spans lines: fewer rows were read than the table has lines."""
+    lines = [line for line in text.splitlines()[1:] if line.strip()]
+    if len(frame) == len(lines):
+        return
+    for i, row in enumerate(frame.itertuples(index=False)):
+        if any("\n" in str(cell) or "\r" in str(cell) for cell in row):
+            raise UserError(f"{path} line {i + 2}: a cell opens a quote (\") that its line does not close, so the "
+                            "rows after it would be read into that cell; remove the stray quote or quote the whole "
+                            "cell (\"...\") as EcoTaxa does")
 
 
 def image_path(table_dir: PurePosixPath, name: str) -> str:
@@ -181,7 +202,7 @@ def scan_ecotaxa(raw: str | Path, cfg: EcotaxaParams) -> Scan:
         if not row.path:
             scan.ignored.append(entry(row.values["img_file_name"], "img_file_name leaves the export folder", row, 0))
         elif row.path in decided:
-            scan.ignored.append(entry(row.path, "image listed again", row, 0))
+            relisted(row, cfg, mapping, scan)
         elif not (raw / row.path).is_file():
             decided[row.path] = entry(row.path, "missing image", row, 0)
             scan.ignored.append(decided[row.path])
@@ -197,7 +218,31 @@ def scan_ecotaxa(raw: str | Path, cfg: EcotaxaParams) -> Scan:
                 scan.candidates.append(Candidate(path=row.path, label_name=label, split=""))
                 scan.class_folders[label] = scan.class_folders.get(label, 0) + 1
     account_files(raw, scan, decided, {t.relative_to(raw).as_posix() for t in tables}, mapping_name)
+    scan.outside_links = linked_folders_outside(raw, [c.path for c in scan.candidates])
+    refuse_outside_links(raw, scan)
     return scan
+
+
+def relisted(row: EcotaxaRow, cfg: EcotaxaParams, mapping: dict[str, str], scan: Scan) -> None:
+    """An image a table lists again: under another class it is a label conflict (both copies
+    dropped by the filter, as for one image filed in two class folders); else a repeat."""
+    earlier = next((c for c in scan.candidates if c.path == row.path), None)
+    label, why = row_label(row, cfg, mapping) if row.main else ("", "")
+    if earlier is not None and label and label != earlier.label_name:
+        scan.candidates.append(Candidate(path=row.path, label_name=label, split=""))  # a conflict of two labels
+        scan.class_folders[label] = scan.class_folders.get(label, 0) + 1
+    else:
+        scan.ignored.append(entry(row.path, "image listed again", row, 0))
+
+
+def linked_folders_outside(raw: Path, paths: list[str]) -> list[str]:
+    """The folders (relative to ``raw``) of listed images reached through a folder link that
+    leaves ``raw``: DVC would not see changes there."""
+    outside = set()
+    for folder in sorted({posixpath.dirname(p) for p in paths if "/" in p}):
+        if leaves_raw(raw, Path(folder)):
+            outside.add(folder)
+    return sorted(outside)
 
 
 def entry(path: str, reason: str, row: EcotaxaRow, files: int) -> dict:
@@ -224,3 +269,13 @@ def account_files(raw: Path, scan: Scan, decided: dict[str, dict], tables: set[s
                    else "image not listed in any EcoTaxa table" if is_image_name(name)
                    else f"not listed in any EcoTaxa table ({Path(name).suffix.lower() or 'no extension'})")
             scan.ignored.append({"path": rel, "reason": why, "files": 1})
+
+
+def unlisted_images(root: Path, listed: set[str]) -> int:
+    """Image files in the export folder that no table row names (counted, so none vanish unseen)."""
+    count = 0
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if not is_hidden(d)]
+        rel = Path(folder).relative_to(root)
+        count += sum(1 for f in files if not is_hidden(f) and is_image_name(f) and (rel / f).as_posix() not in listed)
+    return count

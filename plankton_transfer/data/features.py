@@ -20,10 +20,9 @@ from typing import Iterator
 
 import numpy as np
 
+from plankton_transfer.data.split_files import SPLITS  # the order rows are stored in
 from plankton_transfer.errors import UserError
-from plankton_transfer.files import read_json
 
-SPLITS = ("train", "val", "test")  # the order rows are stored in
 NPY_HEADER_BYTES = 128  # numpy's header for a 2-d float16 array (version 1.0 format)
 
 
@@ -155,7 +154,3 @@ def load_split(folder: str | Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     if not path.is_file():
         raise UserError(f"{path} not found; run the extract stage first (dvc repro)")
     return np.load(path, mmap_mode="r"), np.load(folder / f"{split}_labels.npy")
-
-
-def load_meta(folder: str | Path) -> dict:
-    return read_json(Path(folder) / "meta.json")

@@ -21,12 +21,13 @@ import hashlib
 
 import numpy as np
 import pandas as pd
+import regex
 
+from plankton_transfer.data.split_files import SPLITS
 from plankton_transfer.data.leakage import clusters, near_duplicate_pairs
 from plankton_transfer.errors import UserError
-from plankton_transfer.params import SplitParams, check_group_pattern
+from plankton_transfer.params.split import SplitParams, check_group_pattern
 
-SPLITS = ("train", "val", "test")
 
 
 def group_ids(manifest: pd.DataFrame, cfg: SplitParams) -> tuple[pd.Series | None, dict]:
@@ -42,8 +43,8 @@ def group_ids(manifest: pd.DataFrame, cfg: SplitParams) -> tuple[pd.Series | Non
                         index=manifest.index)
         summary = {"mode": "near_duplicates", "near_duplicate_distance": cfg.near_duplicate_distance}
     else:
-        pattern = check_group_pattern(cfg.group)
-        matches = [pattern.search(p) for p in paths]
+        check_group_pattern(cfg.group)
+        matches = search_each(cfg.group, paths)
         if not any(m and m.group(1) for m in matches):
             raise UserError(f"split.group {cfg.group!r} matches no image path (e.g. {paths.iloc[0]!r}); fix the "
                             "pattern: its first capture group must find the group id in the relative path")
@@ -55,6 +56,25 @@ def group_ids(manifest: pd.DataFrame, cfg: SplitParams) -> tuple[pd.Series | Non
     summary |= {"groups": int(len(sizes)), "grouped_images": int(sizes[sizes > 1].sum()),
                 "largest_group": int(sizes.max()), "groups_with_several_classes": int((classes_per_group > 1).sum())}
     return ids, summary
+
+
+PATTERN_SECONDS = 1.0  # one path's match may take this long; a pattern that backtracks catastrophically is refused
+
+
+def search_each(pattern: str, paths: pd.Series) -> list:
+    """The pattern searched in each path, with a time limit per path (the ``regex`` module's
+    timeout; Python's ``re`` has none): a pattern such as ``((\\w+)*)\\.png`` can take minutes per
+    path that does not match, and would hang the stage with no output."""
+    compiled = regex.compile(pattern)
+    matches = []
+    for path in paths:
+        try:
+            matches.append(compiled.search(path, timeout=PATTERN_SECONDS))
+        except TimeoutError:
+            raise UserError(f"split.group {pattern!r} took over {PATTERN_SECONDS:g} s on one path ({path!r}): it "
+                            "backtracks catastrophically (a repetition inside a repetition, such as (\\w+)*); write it "
+                            "without nested repetition, e.g. '(D\\d{8}T\\d{6}_IFCB\\d+)'") from None
+    return matches
 
 
 def group_order_key(seed: int, group: str) -> str:

@@ -107,18 +107,32 @@ def read_adc(b: Bin) -> tuple[list[Roi], list[tuple[int, str]]]:
         cells = [c.strip() for c in line.split(",")]
         try:
             width, height, start = (int(float(cells[i])) for i in columns)
-        except (IndexError, ValueError):
+        except (IndexError, ValueError, OverflowError):  # a missing cell, text, nan, inf
             bad.append((number, f"{b.lid}.adc row {number} has no ROI width, height and start byte in columns "
                                 f"{', '.join(map(str, columns))}"))
+            continue
+        if width < 0 or height < 0:
+            bad.append((number, f"{b.lid}.adc row {number}: negative ROI size {width}x{height}"))
             continue
         rois.append(Roi(number=number, width=width, height=height, start=start))
     return rois, bad
 
 
-def read_roi_pixels(roi_file: str | Path, start: int, width: int, height: int) -> np.ndarray:
-    """The ROI's 8-bit pixels, ``height`` rows of ``width`` bytes from byte ``start``."""
+def read_roi_pixels(roi_file: str | Path, start: int, width: int, height: int,
+                    max_pixels: int | None = None) -> np.ndarray:
+    """The ROI's 8-bit pixels, ``height`` rows of ``width`` bytes from byte ``start``.
+
+    The size the ``.adc`` claims is checked against ``max_pixels`` (``image.max_pixels``) and
+    against the ``.roi`` file's length before anything is read: a damaged row claiming
+    400000 x 400000 pixels costs nothing."""
     if width <= 0 or height <= 0 or start < 0:
         raise IfcbError(f"no image ({width}x{height} at byte {start})")
+    if max_pixels is not None and width * height > max_pixels:
+        raise IfcbError(f"{width}x{height} = {width * height} pixels > image.max_pixels ({max_pixels})")
+    size = Path(roi_file).stat().st_size
+    if start + width * height > size:
+        raise IfcbError(f"{Path(roi_file).name} ends before this ROI's {width}x{height} bytes at byte {start} "
+                        f"(the file has {size} bytes: truncated .roi or a damaged .adc row)")
     with open(roi_file, "rb") as f:
         f.seek(start)
         data = f.read(width * height)

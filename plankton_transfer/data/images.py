@@ -3,7 +3,7 @@
 One loader, :func:`load_rgb`, is used by the filter stage (to validate every file) and by
 the extract stage (to feed the backbone), so what was validated is what is used.
 
-Rules, each applied on purpose (see README, "Real-world image folders"):
+Rules, each applied on purpose (see docs/data.md):
 - the header is read first: images over ``image.max_pixels`` (decompression bombs) or with
   a side under ``image.min_side`` are rejected before any pixel is decoded, and a file that is
   not an image at all is rejected after reading its first bytes only (a 3 GB file named
@@ -33,7 +33,7 @@ import imagehash
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from plankton_transfer.params import ImageParams
+from plankton_transfer.params.image import ImageParams
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".jpe", ".png", ".tif", ".tiff", ".bmp", ".gif", ".webp", ".pgm", ".ppm", ".pbm", ".pnm"}
@@ -134,7 +134,7 @@ def decode_rgb(f: BinaryIO, cfg: ImageParams, draft_size: int | None = None) -> 
 def open_checked_header(f: BinaryIO, cfg: ImageParams) -> Image.Image:
     """Open lazily (header only) and refuse absurd sizes before decoding any pixel."""
     # Pillow refuses images over 2 x MAX_IMAGE_PIXELS by itself; image.max_pixels is the limit here
-    Image.MAX_IMAGE_PIXELS = max(cfg.max_pixels, Image.MAX_IMAGE_PIXELS or 0)
+    Image.MAX_IMAGE_PIXELS = cfg.max_pixels
     f.seek(0)
     if not f.read(1):
         raise BadImage("empty file", "0 bytes")
@@ -143,8 +143,9 @@ def open_checked_header(f: BinaryIO, cfg: ImageParams) -> Image.Image:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = Image.open(f)
-    except Image.DecompressionBombError as err:
-        raise BadImage("too large", f"{err}; raise image.max_pixels to accept it") from None
+    except Image.DecompressionBombError:
+        raise BadImage("too large", f"more than twice image.max_pixels ({cfg.max_pixels}) pixels; raise "
+                                    "image.max_pixels to accept it") from None
     except UnidentifiedImageError:
         raise BadImage("not an image", "Pillow cannot identify the file's format") from None
     except (OSError, SyntaxError, ValueError) as err:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+PREPROCESS_MODES = ("pad", "crop")  # extract.preprocess: letterbox, or the study's resize + centre crop
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 

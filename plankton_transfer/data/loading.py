@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 from pathlib import Path
 
 import pandas as pd
@@ -15,8 +14,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from torchvision.io import ImageReadMode, decode_jpeg
 
-from plankton_transfer.data.images import BadImage, ImageParams, decode_rgb, load_rgb
+from plankton_transfer.data.images import BadImage, decode_rgb, load_rgb
 from plankton_transfer.data.preprocess import TensorPreprocess
+from plankton_transfer.params.image import ImageParams
+from plankton_transfer.settings import usable_cores
 
 
 class ImageFiles(Dataset):
@@ -86,7 +87,9 @@ def decode_on_device(items: list[torch.Tensor], raw: list[bool], device: torch.d
 
 
 def default_workers(device: torch.device) -> int:
-    cores = os.cpu_count() or 1
+    """DataLoader processes: one per usable core, but one core left to the main process on the
+    CPU (it runs the model), and at most 16 feeding a GPU."""
+    cores = usable_cores()
     return min(16, cores) if device.type == "cuda" else max(1, cores - 1)
 
 

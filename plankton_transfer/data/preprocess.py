@@ -1,11 +1,16 @@
 """Image preprocessing as a backbone expects it (:class:`~plankton_transfer.data.input_spec.Preprocess`,
-carried by each registry entry).
+carried by each registry entry), and its description for consumers of an exported model.
 
 Two modes (``extract.preprocess``):
 - ``crop``: the study's Resize(256) + CenterCrop(224) (sizes from the backbone);
-- ``pad``: letterbox: resize the longer side to the input size and pad to a square with the
-  median colour of the image's border, so long, thin organisms are not cut off and the
-  padding matches the background (light for FlowCam/ZooScan, dark for dark-field).
+- ``pad``: letterbox: resize to fit the input square keeping the aspect ratio, and pad with
+  the image's border colour, so long, thin organisms are not cut off and the padding matches
+  the background (light for FlowCam/ZooScan, dark for dark-field).
+
+The letterbox geometry (:func:`letterbox_geometry`, Pillow's ``ImageOps.pad`` exactly) and the
+padding colour (:func:`border_colour`) are written once and used by the Pillow path (CPU
+workers) and the tensor path (images decoded on the GPU) alike. :func:`describe_preprocessing`
+states every step for someone who has only the exported ONNX file, numpy and Pillow.
 
 The CPU side (DataLoader workers) produces uint8 CHW tensors: a quarter of the bytes of
 float32 to move to the device. :class:`Normalize` scales and normalises on the device.
@@ -16,28 +21,79 @@ from typing import Callable
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 from torch import nn
 from torchvision.transforms import v2
 
+from plankton_transfer.data.images import BadImage
 from plankton_transfer.data.input_spec import Preprocess
-from plankton_transfer.params import PREPROCESS_MODES as MODES
-from plankton_transfer.params import check_choice
+from plankton_transfer.params.core import check_choice
+from plankton_transfer.data.input_spec import PREPROCESS_MODES as MODES
+from plankton_transfer.params.image import ImageParams
 
 PIL_INTERPOLATION = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
 TV_INTERPOLATION = {"bilinear": v2.InterpolationMode.BILINEAR, "bicubic": v2.InterpolationMode.BICUBIC}
 
 
-def make_transform(pre: Preprocess, mode: str) -> Callable[[Image.Image], torch.Tensor]:
+def make_transform(pre: Preprocess, mode: str, image_cfg: ImageParams = ImageParams()
+                   ) -> Callable[[Image.Image], torch.Tensor]:
     """A picklable function from an RGB PIL image to a uint8 (3, S, S) tensor."""
     check_choice("extract.preprocess", mode, MODES)
     if mode == "crop":
-        return v2.Compose([
+        return CentreCrop(pre, image_cfg.max_pixels)
+    return Letterbox(pre.input_size, pre.interpolation)
+
+
+def crop_resize_size(width: int, height: int, short: int) -> tuple[int, int]:
+    """torchvision's Resize(short) on an image: the shorter side becomes ``short``, the longer
+    ``int(short * longer / shorter)`` (truncated)."""
+    if width <= height:
+        return short, int(short * height / width)
+    return int(short * width / height), short
+
+
+class CentreCrop:
+    """Resize the shorter side to ``resize_size``, then take the centre ``input_size`` square.
+
+    An image so elongated that the resized image would exceed ``image.max_pixels`` (a 60000 x 4
+    strip becomes 3,840,000 x 256 pixels, gigabytes) is refused before resizing."""
+
+    def __init__(self, pre: Preprocess, max_pixels: int) -> None:
+        self.pre, self.max_pixels = pre, max_pixels
+        self.transform = v2.Compose([
             v2.Resize(pre.resize_size, interpolation=TV_INTERPOLATION[pre.interpolation], antialias=True),
             v2.CenterCrop(pre.input_size),
             v2.PILToTensor(),
         ])
-    return Letterbox(pre.input_size, pre.interpolation)
+
+    def __call__(self, img: Image.Image) -> torch.Tensor:
+        w, h = crop_resize_size(img.width, img.height, self.pre.resize_size)
+        if w * h > self.max_pixels:
+            raise BadImage("too elongated for crop mode",
+                           f"{img.width}x{img.height} would be resized to {w}x{h} = {w * h} pixels > image.max_pixels "
+                           f"({self.max_pixels}); use extract.preprocess: pad, or leave the image out")
+        return self.transform(img)
+
+
+def letterbox_geometry(width: int, height: int, size: int) -> tuple[int, int, int, int]:
+    """(new width, new height, left, top) of an image fitted into a ``size`` square, as Pillow's
+    ``ImageOps.pad(image, (size, size), centering=(0.5, 0.5))`` computes them: the longer side
+    becomes ``size``, the other ``round(shorter / longer * size)``; centred with ``round``."""
+    if width == height:
+        return size, size, 0, 0
+    if width > height:
+        new_w, new_h = size, round(height / width * size)
+    else:
+        new_w, new_h = round(width / height * size), size
+    return new_w, new_h, round((size - new_w) * 0.5), round((size - new_h) * 0.5)
+
+
+def border_colour(pixels: np.ndarray) -> tuple[int, int, int]:
+    """The padding colour: per channel, the median (numpy.median) of the outermost pixel ring,
+    taken as the first row, the last row, the first column and the last column in that order
+    (the four corner pixels thus count twice), truncated to an integer."""
+    ring = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
+    return tuple(int(v) for v in np.median(ring, axis=0))
 
 
 class Letterbox:
@@ -47,16 +103,11 @@ class Letterbox:
         self.size, self.interpolation = size, interpolation
 
     def __call__(self, img: Image.Image) -> torch.Tensor:
-        padded = ImageOps.pad(img, (self.size, self.size), method=PIL_INTERPOLATION[self.interpolation],
-                              color=border_colour(img))
-        return torch.from_numpy(np.asarray(padded).copy()).permute(2, 0, 1)
-
-
-def border_colour(img: Image.Image) -> tuple[int, int, int]:
-    """Median RGB of the outermost pixel ring: the image's background colour."""
-    a = np.asarray(img)
-    ring = np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]])
-    return tuple(int(v) for v in np.median(ring, axis=0))
+        new_w, new_h, left, top = letterbox_geometry(img.width, img.height, self.size)
+        canvas = Image.new("RGB", (self.size, self.size), border_colour(np.asarray(img)))
+        if min(new_w, new_h) > 0:
+            canvas.paste(img.resize((new_w, new_h), resample=PIL_INTERPOLATION[self.interpolation]), (left, top))
+        return torch.from_numpy(np.asarray(canvas).copy()).permute(2, 0, 1)
 
 
 def draft_size(pre: Preprocess, mode: str) -> int:
@@ -78,13 +129,10 @@ class Normalize(nn.Module):
 
 class TensorPreprocess:
     """The same preprocessing on decoded uint8 (3, H, W) tensors, or (N, 3, H, W) batches of
-    one size, on any device.
-
-    Used after GPU JPEG decoding; matches :func:`make_transform` up to resampling round-off
-    (torch's antialiased resize against Pillow's). :meth:`many` treats images of one size
-    together: one resize per size instead of one per image, since per-image kernel launches,
-    not arithmetic, are the cost on a GPU.
-    """
+    one size, on any device (after GPU JPEG decoding): the same geometry and padding colour as
+    the Pillow path, with torch's antialiased resize instead of Pillow's (round-off apart).
+    :meth:`many` resizes images of one size together: per-image kernel launches, not
+    arithmetic, are the cost on a GPU."""
 
     def __init__(self, pre: Preprocess, mode: str) -> None:
         check_choice("extract.preprocess", mode, MODES)
@@ -110,16 +158,59 @@ class TensorPreprocess:
         return out  # type: ignore[return-value]
 
     def letterbox(self, img: torch.Tensor) -> torch.Tensor:
-        """As ``ImageOps.pad``: fit inside the square, centre, fill with the border colour."""
         size, (h, w) = self.pre.input_size, img.shape[-2:]
-        if w > h:
-            new_w, new_h = size, round(size * h / w)
-        else:
-            new_w, new_h = round(size * w / h), size
-        ring = torch.cat([img[..., 0, :], img[..., -1, :], img[..., :, 0], img[..., :, -1]], dim=-1)
-        fill = ring.float().median(dim=-1).values  # (..., 3): each image's own border colour
-        resized = v2.functional.resize(img, [new_h, new_w], interpolation=self.interpolation, antialias=True)
-        out = fill.round().to(torch.uint8)[..., None, None].expand(*img.shape[:-2], size, size).clone()
-        top, left = round((size - new_h) * 0.5), round((size - new_w) * 0.5)
-        out[..., top:top + new_h, left:left + new_w] = resized
-        return out
+        new_w, new_h, left, top = letterbox_geometry(w, h, size)
+        flat = img.reshape(-1, *img.shape[-3:])  # (B, 3, H, W)
+        fills = torch.tensor([border_colour(x.permute(1, 2, 0).cpu().numpy()) for x in flat], dtype=torch.uint8,
+                             device=img.device)
+        out = fills[:, :, None, None].expand(-1, -1, size, size).clone()
+        if min(new_w, new_h) > 0:
+            out[..., top:top + new_h, left:left + new_w] = v2.functional.resize(
+                flat, [new_h, new_w], interpolation=self.interpolation, antialias=True)
+        return out.reshape(*img.shape[:-2], size, size)
+
+
+def describe_preprocessing(pre: Preprocess, mode: str, image_cfg: ImageParams) -> dict:
+    """Every step from an image file to the exported network's uint8 input, as data a consumer
+    with only Pillow and numpy can follow (tests/test_export.py follows it and gets the
+    pipeline's probabilities to 1e-4). The code that does it: plankton_transfer/data/images.py
+    (open and convert), this module (resize and pad or crop)."""
+    resample = {"bilinear": "PIL.Image.Resampling.BILINEAR", "bicubic": "PIL.Image.Resampling.BICUBIC"}
+    steps = {
+        "open": "PIL.Image.open; a multi-frame file (GIF, TIFF) uses its first frame",
+        "jpeg_draft": {"applies_to": "JPEG files", "call": f"image.draft('RGB', ({draft_size(pre, mode)}, "
+                       f"{draft_size(pre, mode)})) before the pixels are loaded (decodes at a reduced scale when the "
+                       "image is at least twice this size)", "size": draft_size(pre, mode)},
+        "exif_orientation": "PIL.ImageOps.exif_transpose when the EXIF orientation tag (0x0112) is 2-8",
+        "to_rgb": {
+            "RGB": "as is", "L": "copied to 3 channels",
+            "I;16, I;16B, I;16L, I;16N, I, F": "greyscale stretched linearly from the image's own finite minimum "
+                                               "to its maximum onto 0..255 (numpy.rint, clipped; a flat image is 0; "
+                                               "NaN counts as the minimum), then copied to 3 channels",
+            "P with transparency": "converted to RGBA, then as RGBA",
+            "RGBA, LA, PA, La, RGBa": "converted to RGBA and alpha-composited onto an opaque image of colour "
+                                      "'background', then RGB",
+            "other modes": "PIL Image.convert('RGB')",
+        },
+        "background": list(image_cfg.background),
+    }
+    if mode == "pad":
+        steps["resize"] = {
+            "mode": "pad", "size": pre.input_size, "resample": resample[pre.interpolation],
+            "geometry": "PIL.ImageOps.pad(image, (size, size), centering=(0.5, 0.5)): the longer side becomes size, "
+                        "the other round(shorter / longer * size); pasted at left = round((size - new_width) * 0.5), "
+                        "top = round((size - new_height) * 0.5); a side of 0 pastes nothing",
+            "fill": "per channel, numpy.median of the concatenation of the first row, the last row, the first column "
+                    "and the last column of the RGB image before resizing (corner pixels count twice), truncated "
+                    "with int()",
+        }
+    else:
+        steps["resize"] = {
+            "mode": "crop", "resize_size": pre.resize_size, "size": pre.input_size,
+            "resample": resample[pre.interpolation],
+            "geometry": "resize so the shorter side is resize_size and the longer int(resize_size * longer / shorter) "
+                        "(PIL Image.resize), then crop size x size at left = round((width - size) / 2), "
+                        "top = round((height - size) / 2) (torchvision Resize + CenterCrop)",
+        }
+    steps["tensor"] = "numpy.asarray(image) (H, W, 3) uint8, transposed to (3, H, W), stacked to (N, 3, H, W)"
+    return steps

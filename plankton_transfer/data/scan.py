@@ -154,9 +154,12 @@ def scan_classes(raw: Path, parent: Path, split: str, scan: Scan) -> None:
             ignore_entry(raw, rel, scan)
 
 
-def collect_images(raw: Path, rel: Path, label: str, split: str, scan: Scan, visited: set) -> None:
-    """Walk one class folder, following links but never entering a folder twice."""
-    if leaves_raw(raw, rel):
+def collect_images(raw: Path, rel: Path, label: str, split: str, scan: Scan, visited: set,
+                   follow_outside: bool = False) -> None:
+    """Walk one class folder, following links but never entering a folder twice; a folder link
+    leaving ``raw`` is recorded in ``scan.outside_links`` (not entered) unless ``follow_outside``
+    (prediction, where DVC's tracking does not matter)."""
+    if not follow_outside and leaves_raw(raw, rel):
         scan.outside_links.append(display_path(rel.as_posix()))
         return
     real = os.stat(raw / rel)  # follows links
@@ -170,7 +173,7 @@ def collect_images(raw: Path, rel: Path, label: str, split: str, scan: Scan, vis
         if is_hidden(entry.name):
             ignore_entry(raw, child, scan)
         elif entry_is_dir(entry):
-            collect_images(raw, child, label, split, scan, visited)
+            collect_images(raw, child, label, split, scan, visited, follow_outside)
         elif not entry_is_file(entry):  # dangling, a file link loop, a socket or device
             scan.ignored.append({"path": display_path(child.as_posix()), "reason": "broken link or special file", "files": 1})
         elif not is_image_name(entry.name):

@@ -11,7 +11,7 @@ import collections
 from plankton_transfer.data.images import ImageCheck
 from plankton_transfer.data.scan import Candidate
 from plankton_transfer.errors import UserError
-from plankton_transfer.params import FilterParams
+from plankton_transfer.params.filter import FilterParams
 
 SPLIT_ORDER = {"train": 0, "": 0, "val": 1, "test": 2}  # a duplicate is kept in the earliest split
 

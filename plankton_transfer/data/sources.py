@@ -1,12 +1,21 @@
-"""What prediction classifies: an image folder, an unzipped EcoTaxa export or a folder of IFCB bins.
+"""Where images come from: the one input interface of the filter stage, ``plankton-predict`` and
+``plankton-select``.
 
-Each input becomes a list of :class:`Item` (one per image or ROI, with an id for the output)
-plus counts of what was left out by rule. Folders follow the filter stage's rules: searched
-recursively, links followed (each folder once, so loops end), hidden files and folders
-(``.DS_Store``, ``.ipynb_checkpoints``, ``__MACOSX``) and non-image files left out and counted.
-A file that cannot be used (a name that is not UTF-8, a broken link, a missing image, an
-unreadable ROI row) becomes an item with its error, so it gets its own row in the results
-and never stops the others.
+Three kinds of input, told apart by :func:`detect_kind` (or named with ``--input-type``):
+
+- ``folder``: class folders (``raw/<class>/**``, or ``raw/{train,val,test}/<class>/**``) for
+  training, any folder of images (searched recursively) for prediction: data/scan.py;
+- ``ecotaxa``: an unzipped EcoTaxa export, ``ecotaxa_*.tsv`` tables with their images
+  (data/ecotaxa.py);
+- ``ifcb``: IFCB bins, ``.hdr``/``.adc``/``.roi`` files of both instrument generations
+  (data/ifcb.py).
+
+Each kind answers two questions: :func:`labelled_scan` (the filter stage: which images, in
+which class, and what was left out and why: a :class:`~plankton_transfer.data.scan.Scan`) and
+:func:`list_inputs` (prediction and selection: every image or ROI as an :class:`Item`, with
+an error where it is known to be unusable, and counts of what was left out by rule). A new
+input format is one module plus its entries in :data:`KINDS` and the two functions.
+Nothing is dropped silently: every file becomes an item, an error row or a counted entry.
 """
 from __future__ import annotations
 
@@ -19,12 +28,14 @@ import numpy as np
 from PIL import Image
 
 from plankton_transfer.data import ecotaxa, ifcb
-from plankton_transfer.data.images import BadImage, is_image_name, load_rgb
-from plankton_transfer.data.scan import is_hidden, is_utf8
+from plankton_transfer.data.images import BadImage, load_rgb
+from plankton_transfer.data.scan import NAME_NOT_UTF8, Scan, collect_images, is_hidden, scan_dataset
 from plankton_transfer.errors import UserError
-from plankton_transfer.params import ImageParams
+from plankton_transfer.params.ecotaxa import EcotaxaParams
+from plankton_transfer.params.image import ImageParams
 
 KINDS = {"folder": "image folder", "ecotaxa": "EcoTaxa export", "ifcb": "IFCB bins"}
+BROKEN = "broken link or special file"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +54,7 @@ class Inputs:
     root: Path
     items: list[Item] = dataclasses.field(default_factory=list)
     ignored: collections.Counter = dataclasses.field(default_factory=collections.Counter)  # reason -> files
+    decided_by: str = ""  # what told the kind apart (for the summary)
 
 
 def readable(text: str) -> str:
@@ -50,70 +62,84 @@ def readable(text: str) -> str:
     return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
-def detect_kind(path: Path) -> str:
-    """``ecotaxa`` if ``path`` holds ``ecotaxa_*.tsv`` tables, ``ifcb`` if it holds IFCB ``.adc``
-    files, else ``folder``."""
+def detect_kind(path: Path) -> tuple[str, str]:
+    """(kind, what decided it): ``ecotaxa`` if ``path`` holds ``ecotaxa_*.tsv`` tables, ``ifcb`` if
+    it holds IFCB ``.adc`` files, else ``folder``."""
     if not path.is_dir():
-        return "folder"
-    has_tables, has_bins = False, False
+        return "folder", ""
+    tables, bins = [], []
     for folder, dirs, files in os.walk(path):
-        dirs[:] = [d for d in dirs if not is_hidden(d)]
-        has_tables |= any(ecotaxa.TABLE_NAME.match(f) for f in files)
-        has_bins |= any(f.endswith(".adc") and ifcb.schema_of(f[:-4]) for f in files)
-    if has_tables and has_bins:
-        raise UserError(f"{path} holds both EcoTaxa tables and IFCB bins; choose one with --input-type ecotaxa|ifcb")
-    return "ecotaxa" if has_tables else "ifcb" if has_bins else "folder"
+        dirs[:] = sorted(d for d in dirs if not is_hidden(d))
+        rel = Path(folder).relative_to(path)
+        tables += [(rel / f).as_posix() for f in sorted(files) if ecotaxa.TABLE_NAME.match(f) and not is_hidden(f)]
+        bins += [(rel / f).as_posix() for f in sorted(files) if f.endswith(".adc") and ifcb.schema_of(f[:-4])]
+    if tables and bins:
+        raise UserError(f"{path} holds both EcoTaxa tables ({tables[0]}) and IFCB bins ({bins[0]}); choose one with "
+                        "--input-type ecotaxa|ifcb")
+    if tables:
+        return "ecotaxa", f"EcoTaxa table {readable(tables[0])}" + (f" and {len(tables) - 1} more" if len(tables) > 1 else "")
+    if bins:
+        return "ifcb", f"IFCB bin {readable(bins[0])}" + (f" and {len(bins) - 1} more" if len(bins) > 1 else "")
+    return "folder", ""
 
+
+# ---- the filter stage: labelled images ----
+
+def labelled_scan(raw: Path, ecotaxa_cfg: EcotaxaParams) -> Scan:
+    """Every file below ``data.raw`` as a labelled candidate image or an entry left out with its reason."""
+    kind, _ = detect_kind(raw) if raw.is_dir() else ("folder", "")
+    if kind == "ecotaxa":
+        return ecotaxa.scan_ecotaxa(raw, ecotaxa_cfg)
+    if kind == "ifcb":
+        raise UserError(f"data.raw {raw} holds IFCB bins, which carry no labels; to train, export labelled ROIs as "
+                        "class folders or an EcoTaxa export (IFCB bins are for plankton-predict)")
+    return scan_dataset(raw)
+
+
+# ---- prediction and selection: every image or ROI ----
 
 def list_inputs(path: str | Path, kind: str = "auto") -> Inputs:
     """The items to classify below ``path`` (an image file, or a folder of the given kind)."""
     path = Path(path)
-    if not path.exists():
+    if not path.exists() and not path.is_symlink():
         raise UserError(f"{path} not found; give an image folder, an EcoTaxa export or a folder of IFCB bins")
-    kind = detect_kind(path) if kind == "auto" else kind
+    if not path.is_dir() and not path.is_file():
+        raise UserError(f"{path} is neither a folder nor a regular file (a broken link, a pipe or a device); "
+                        "give an image folder, an image file, an EcoTaxa export or a folder of IFCB bins")
+    decided_by = ""
+    if kind == "auto":
+        kind, decided_by = detect_kind(path)
     if kind != "folder" and not path.is_dir():
         raise UserError(f"{path} is not a folder; --input-type {kind} needs the folder that holds the data")
-    inputs = Inputs(kind=kind, root=path)
+    inputs = Inputs(kind=kind, root=path, decided_by=decided_by)
     {"folder": list_folder, "ecotaxa": list_ecotaxa, "ifcb": list_ifcb}[kind](inputs)
     return inputs
 
 
 def list_folder(inputs: Inputs) -> None:
+    """Every image below the folder (the filter stage's walk, data/scan.py: links followed, each
+    real folder once, hidden and non-image files counted as ignored)."""
     root = inputs.root
     if root.is_file():
         inputs.items.append(Item(id=readable(root.name), file=readable(root.name), path=str(root)))
         inputs.root = root.parent
         return
-    walk_folder(inputs, root, "", set())
-
-
-def walk_folder(inputs: Inputs, folder: Path, rel: str, visited: set) -> None:
-    """Images below ``folder`` in name order, following links, each real folder once."""
-    real = os.stat(folder)
-    if (real.st_dev, real.st_ino) in visited:
-        return  # a link back to a folder already searched
-    visited.add((real.st_dev, real.st_ino))
-    with os.scandir(folder) as it:
-        entries = sorted(it, key=lambda e: e.name)
-    for entry in entries:
-        child = f"{rel}{entry.name}"
-        if is_hidden(entry.name):
-            files = sum(len(n) for _, _, n in os.walk(entry.path)) if entry.is_dir(follow_symlinks=False) else 1
-            inputs.ignored["hidden files and folders"] += files
-        elif entry.is_dir():
-            walk_folder(inputs, Path(entry.path), f"{child}/", visited)
-        elif not entry.is_file():
-            inputs.items.append(Item(id=readable(child), file=readable(child), error="broken link or special file"))
-        elif not is_image_name(entry.name):
-            inputs.ignored["not image files"] += 1
-        elif not is_utf8(child):
-            inputs.items.append(Item(id=readable(child), file=readable(child), path=entry.path,
-                                     error="file name is not valid UTF-8; rename the file to classify it"))
-        else:
-            inputs.items.append(Item(id=child, file=child, path=entry.path))
+    scan = Scan(layout="image folder")
+    collect_images(root, Path(), "", "", scan, visited=set(), follow_outside=True)
+    items = [Item(id=c.path, file=c.path, path=str(root / c.path)) for c in scan.candidates]
+    items += [Item(id=r["path"], file=r["path"], error="file name is not valid UTF-8; rename the file to classify it")
+              for r in scan.rejected if r["kind"] == NAME_NOT_UTF8]
+    for entry in scan.ignored:
+        if entry["reason"] == BROKEN:
+            items.append(Item(id=entry["path"], file=entry["path"], error=BROKEN))
+        elif entry["files"]:
+            reason = "not image files" if entry["reason"].startswith("not an image file") else entry["reason"]
+            inputs.ignored[reason] += entry["files"]
+    inputs.items.extend(sorted(items, key=lambda item: item.file))
 
 
 def list_ecotaxa(inputs: Inputs) -> None:
+    """Every object's main image of every table (labels and statuses ignored)."""
     rows, tables = ecotaxa.read_rows(inputs.root)
     seen: set[str] = set()
     for row in rows:
@@ -130,17 +156,7 @@ def list_ecotaxa(inputs: Inputs) -> None:
                                  path=str(inputs.root / row.path) if row.path else "",
                                  sample=row.values.get("sample_id", "").strip()))
     inputs.ignored["EcoTaxa tables"] += len(tables)
-    inputs.ignored["images listed in no table"] += unlisted_images(inputs.root, {row.path for row in rows})
-
-
-def unlisted_images(root: Path, listed: set[str]) -> int:
-    """Image files in the export folder that no table row names (counted, so none vanish unseen)."""
-    count = 0
-    for folder, dirs, files in os.walk(root):
-        dirs[:] = [d for d in dirs if not is_hidden(d)]
-        rel = Path(folder).relative_to(root)
-        count += sum(1 for f in files if not is_hidden(f) and is_image_name(f) and (rel / f).as_posix() not in listed)
-    return count
+    inputs.ignored["images listed in no table"] += ecotaxa.unlisted_images(inputs.root, {row.path for row in rows})
 
 
 def list_ifcb(inputs: Inputs) -> None:
@@ -185,11 +201,15 @@ def add_bin(inputs: Inputs, b: ifcb.Bin, rel_dir: str) -> None:
                                  roi=(str(b.file("roi")), roi.start, roi.width, roi.height)))
 
 
-def roi_pixels(item: Item) -> np.ndarray:
-    """An IFCB item's 8-bit greyscale pixels, exactly as stored in the ``.roi``."""
+def roi_pixels(item: Item, cfg: ImageParams = ImageParams()) -> np.ndarray:
+    """An IFCB item's 8-bit greyscale pixels, exactly as stored in the ``.roi`` (its size checked
+    against ``image.max_pixels`` before anything is read)."""
     assert item.roi is not None, "not an IFCB item"
+    _, _, width, height = item.roi
+    if width * height > cfg.max_pixels:
+        raise BadImage("too large", f"{width}x{height} pixels > image.max_pixels ({cfg.max_pixels})")
     try:
-        return ifcb.read_roi_pixels(*item.roi)
+        return ifcb.read_roi_pixels(*item.roi, max_pixels=cfg.max_pixels)
     except ifcb.IfcbError as err:
         raise BadImage("unreadable ROI", str(err)) from None
 
@@ -198,10 +218,8 @@ def load_item(item: Item, cfg: ImageParams, draft_size: int | None = None) -> Im
     """The item as an 8-bit RGB image (raises BadImage or OSError with the reason)."""
     if item.roi is None:
         return load_rgb(item.path, cfg, draft_size)
-    pixels = roi_pixels(item)
+    pixels = roi_pixels(item, cfg)
     height, width = pixels.shape
     if min(width, height) < cfg.min_side:
         raise BadImage("too small", f"{width}x{height} has a side under image.min_side ({cfg.min_side})")
-    if width * height > cfg.max_pixels:
-        raise BadImage("too large", f"{width}x{height} pixels > image.max_pixels ({cfg.max_pixels})")
     return Image.fromarray(pixels).convert("RGB")  # 8-bit greyscale copied to 3 channels, as for files

@@ -15,7 +15,7 @@ from plankton_transfer.data.grouping import (assign_grouped_splits, fraction_rep
 from plankton_transfer.data.leakage import cross_split_pairs, leakage_counts
 from plankton_transfer.data.splitting import parts_of, split_manifest
 from plankton_transfer.errors import UserError
-from plankton_transfer.params import SplitParams
+from plankton_transfer.params.split import SplitParams
 
 
 @dataclasses.dataclass

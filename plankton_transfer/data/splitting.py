@@ -13,22 +13,13 @@ With ``split.group`` whole groups of related images are placed instead
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from plankton_transfer.data.split_files import SPLITS
 from plankton_transfer.errors import UserError
-from plankton_transfer.params import SplitParams
-
-SPLITS = ("train", "val", "test")
-TEXT_COLUMNS = {"path": str, "class": str, "split": str, "sha256": str, "phash": str, "group": str}  # '007' stays '007'
-
-
-def read_manifest(path: Path) -> pd.DataFrame:
-    if not path.is_file():
-        raise UserError(f"{path} not found; run the filter stage first (dvc repro)")
-    return pd.read_csv(path, dtype=TEXT_COLUMNS, keep_default_na=False)
+from plankton_transfer.params.split import SplitParams
 
 
 def class_rng(seed: int, name: str) -> np.random.Generator:
@@ -80,15 +71,4 @@ def parts_of(manifest: pd.DataFrame, split: pd.Series) -> dict[str, pd.DataFrame
             raise UserError(f"the {s} split is empty; add images or change the split fractions in params.yaml")
     hashes = [set(p["sha256"]) for p in parts.values()]
     assert not (hashes[0] & hashes[1] or hashes[0] & hashes[2] or hashes[1] & hashes[2]), "image content in two splits"
-    return parts
-
-
-def read_splits(split_dir: Path) -> dict[str, pd.DataFrame]:
-    """The split stage's three CSVs."""
-    parts = {}
-    for s in SPLITS:
-        path = split_dir / f"{s}.csv"
-        if not path.is_file():
-            raise UserError(f"{path} not found; run the split stage first (dvc repro)")
-        parts[s] = pd.read_csv(path, dtype=TEXT_COLUMNS, keep_default_na=False)
     return parts

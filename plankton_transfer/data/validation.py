@@ -20,7 +20,9 @@ from tqdm import tqdm
 
 from plankton_transfer.errors import UserError
 from plankton_transfer.files import atomic_path
-from plankton_transfer.data.images import ImageCheck, ImageParams, check_image
+from plankton_transfer.settings import usable_cores
+from plankton_transfer.data.images import ImageCheck, check_image
+from plankton_transfer.params.image import ImageParams
 
 RULES_VERSION = "4"  # bump when data/images.py changes a verdict, to invalidate caches (4: perceptual hash)
 CACHE_COLUMNS = ["path", "size", "mtime_ns", "inode", "fingerprint", "sha256", "ok", "reason", "kind",
@@ -28,7 +30,7 @@ CACHE_COLUMNS = ["path", "size", "mtime_ns", "inode", "fingerprint", "sha256", "
 
 
 def validate_files(
-    raw: Path, paths: list[str], cfg: ImageParams, cache_file: Path | None, workers: int = 0
+    raw: Path, paths: list[str], cfg: ImageParams, cache_file: Path | None, workers: int = -1
 ) -> dict[str, ImageCheck]:
     """Return an :class:`ImageCheck` for every path (relative to ``raw``)."""
     fingerprint = f"{RULES_VERSION}|{cfg.max_pixels}|{cfg.min_side}|{cfg.background}"
@@ -51,10 +53,10 @@ def file_signature(path: Path) -> tuple[int, int, int]:
 
 
 def run_checks(paths: list[Path], cfg: ImageParams, workers: int) -> list[ImageCheck]:
-    workers = workers or os.cpu_count() or 1
+    workers = usable_cores() if workers < 0 else workers  # -1: one process per usable core; 0: none
     check = functools.partial(check_image, cfg=cfg)
     progress = dict(total=len(paths), desc="validate", unit="img", mininterval=1.0, disable=not paths)
-    if workers == 1 or len(paths) < 64:
+    if workers <= 1 or len(paths) < 64:
         return [check(p) for p in tqdm(paths, **progress)]
     with concurrent.futures.ProcessPoolExecutor(workers) as pool:
         return list(tqdm(pool.map(check, paths, chunksize=32), **progress))

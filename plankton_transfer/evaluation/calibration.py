@@ -97,3 +97,27 @@ def reliability_rows(logits: np.ndarray, y_true: np.ndarray, temperature: float,
             rows.append({"series": name, "confidence": round(float(row.confidence), 4),
                          "accuracy": round(float(row.accuracy), 4), "images": int(row.images)})
     return rows
+
+
+def bootstrap_ece(proba_before: np.ndarray, proba_after: np.ndarray, y_true: np.ndarray, bins: int,
+                  n_resamples: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """ECE before and after scaling on each of ``n_resamples`` bootstrap resamples of the test
+    images (the same images for both, so their difference is paired)."""
+    rng = np.random.default_rng(seed)
+    before, after = np.empty(n_resamples), np.empty(n_resamples)
+    n = len(y_true)
+    for b in range(n_resamples):
+        idx = rng.integers(0, n, n)
+        before[b] = expected_calibration_error(proba_before[idx], y_true[idx], bins)
+        after[b] = expected_calibration_error(proba_after[idx], y_true[idx], bins)
+    return before, after
+
+
+def calibration_verdict(low: float, high: float) -> str:
+    """In words, what an interval of ECE(after) - ECE(before) says: improved only when it lies
+    wholly below 0, worse only when wholly above."""
+    if high < 0:
+        return "improved"
+    if low > 0:
+        return "worse"
+    return "not distinguishable"

@@ -1,74 +1,116 @@
-"""One table of all models, in the study's columns and more."""
+"""One table of all models, in the study's columns and more, and the headline numbers.
+
+Reads each model's typed evaluation summary and run record (evaluation/summary.py) and its
+cross-validation summary (evaluation/summary.py); every metric column comes from the definitions
+in evaluation/metrics.py. :func:`headline` is what ``metrics/headline.json`` holds: the only
+DVC metrics file, so ``dvc exp show`` stays a readable first screen.
+"""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from plankton_transfer.errors import UserError
-from plankton_transfer.evaluation.comparison_stats import uncertainty_fields
-from plankton_transfer.files import read_json
+from plankton_transfer.evaluation.metrics import HEADLINE, HEADLINE_DIGITS, METRICS
+from plankton_transfer.evaluation.summary import CrossvalSummary, EvaluationSummary, RunRecord
 
 STUDY_NOTE = (
     "The study (ImageNet-pretrained, frozen, 17 CPR classes, validation set): AlexNet 95.29 % / 0.1331 / "
     "47 epochs / 2803 s; VGG11 97.47 % / 0.0813 / 91 epochs / 6218 s, its time being GPU time for re-running "
     "the frozen backbone every epoch."
 )
+TABLE_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "top5")  # test columns of the main table
 
 
-def comparison_rows(models: list[str], metrics_dir: Path, runs_dir: Path) -> list[dict]:
-    """One row per model from its evaluate metrics and run record."""
-    rows = []
+@dataclasses.dataclass
+class ModelResults:
+    name: str
+    summary: EvaluationSummary
+    run: RunRecord
+    crossval: CrossvalSummary | None = None
+
+    @property
+    def total_seconds(self) -> float:
+        t = self.run.timing
+        return round(float(t["extract_seconds"] or 0) + float(t["train_seconds"] or 0), 2)
+
+
+def load_results(models: list[str], evaluations: Path, crossvals: Path | None) -> list[ModelResults]:
+    """Every model's evaluation (``<evaluations>/<model>/``) and cross-validation (``<crossvals>/<model>/``)."""
+    out = []
     for name in models:
-        m = read_json(metrics_dir / f"{name}.json").get(name)
-        if m is None:
-            raise UserError(f"{metrics_dir / f'{name}.json'} holds no metrics for {name}; run dvc repro")
-        run = read_json(runs_dir / f"{name}.json")
-        weights, timing = run["weights"], run["timing"]
-        rows.append({
-            "model": name,
-            "pretrained": m["pretrained"],
-            "val_accuracy": m["val"]["accuracy"],
-            "val_loss": m["val"]["loss"],
-            "epochs": m["epochs"],
-            "total_seconds": round(timing["extract_seconds"] + timing["train_seconds"], 2),
-            "test_accuracy": m["test"]["accuracy"],
-            "test_top5": m["test"]["top5"],
-            "test_macro_f1": m["test"]["macro_f1"],
-            "parameters": m["parameters"],
-            "weights": weights["description"],
-            **uncertainty_fields(m),
-        })
-    return rows
+        folder = evaluations / name
+        if not (folder / "summary.json").is_file():
+            raise UserError(f"{folder / 'summary.json'} not found; run the evaluate stage of {name} (dvc repro)")
+        cv = CrossvalSummary.load_json(crossvals / name / "summary.json") if crossvals else None
+        out.append(ModelResults(name, EvaluationSummary.load_json(folder / "summary.json"),
+                                RunRecord.load_json(folder / "run.json"), cv))
+    return out
 
 
-def with_interval(row: dict, key: str) -> str:
-    """``90.0 [59.6, 98.2]`` (percent), or the bare value when the metrics have no interval."""
-    if f"{key}_lo" not in row:
-        return f"{100 * row[key]:.2f}"
-    return f"{100 * row[key]:.1f} [{100 * row[f'{key}_lo']:.1f}, {100 * row[f'{key}_hi']:.1f}]"
+def headline(results: list[ModelResults]) -> dict[str, dict[str, float]]:
+    """``metrics/headline.json``: per model, the numbers of evaluation/metrics.py HEADLINE."""
+    out = {}
+    for r in results:
+        values: dict[str, float] = {}
+        for entry in HEADLINE:
+            if entry.source == "crossval":
+                if r.crossval is not None:
+                    values[entry.key] = round(r.crossval.metrics[entry.metric].mean, HEADLINE_DIGITS)
+                continue
+            estimate = r.summary.estimate(entry.source, entry.metric)
+            values[entry.key] = round(estimate.value, HEADLINE_DIGITS)
+            if entry.bounds:
+                values[f"{entry.key}_lo"] = round(estimate.low, HEADLINE_DIGITS)
+                values[f"{entry.key}_hi"] = round(estimate.high, HEADLINE_DIGITS)
+        out[r.name] = values
+    return out
 
 
-def markdown_table(rows: list[dict]) -> str:
-    header = ("| Model | Weights | Val accuracy (%) | Cross-entropy | Epochs | Time (s) | Test accuracy (%) "
-              "| Balanced accuracy (%) | Macro-F1 (%) | Top-5 (%) | Parameters |")
-    lines = [header, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in rows:
-        weights = r["weights"] if r["pretrained"] else f"**{r['weights']}**"
-        lines.append(
-            f"| {r['model']} | {weights} | {with_interval(r, 'val_accuracy')} | {r['val_loss']:.4f} | {r['epochs']} "
-            f"| {r['total_seconds']:.1f} | {with_interval(r, 'test_accuracy')} "
-            f"| {with_interval(r, 'test_balanced_accuracy')} | {with_interval(r, 'test_macro_f1')} "
-            f"| {100 * r['test_top5']:.2f} | {r['parameters'] / 1e6:.1f} M |"
-        )
+def flat_row(r: ModelResults) -> dict:
+    """One model's numbers as a flat row (compare.csv/json and the figures)."""
+    s = r.summary
+    row = {"model": r.name, "pretrained": s.pretrained, "weights": s.weights, "epochs": s.epochs,
+           "best_epoch": s.best_epoch, "total_seconds": r.total_seconds, "parameters": s.parameters,
+           "val_loss": s.calibration.val_loss_before}
+    for split in ("val", "test"):
+        for key, estimate in s.splits[split].metrics.items():
+            row[f"{split}_{key}"] = estimate.value
+            if estimate.low is not None:
+                row[f"{split}_{key}_lo"], row[f"{split}_{key}_hi"] = estimate.low, estimate.high
+    if r.crossval is not None:
+        for key, value in r.crossval.metrics.items():
+            row[f"cv_{key}_mean"], row[f"cv_{key}_std"] = value.mean, value.sd
+    return row
+
+
+def cell(r: ModelResults, split: str, key: str) -> str:
+    return r.summary.estimate(split, key).shown(key)
+
+
+def markdown_table(results: list[ModelResults]) -> str:
+    test_headers = " | ".join(f"Test {METRICS[k].label} (%)" for k in TABLE_METRICS)
+    lines = [f"| Model | Weights | Val accuracy (%) | Cross-entropy | Epochs | Time (s) | {test_headers} | Parameters |",
+             "|---|---|---:|---:|---:|---:|" + "---:|" * len(TABLE_METRICS) + "---:|"]
+    for r in results:
+        s = r.summary
+        weights = s.weights if s.pretrained else f"**{s.weights}**"
+        epochs = f"{s.epochs}" + ("" if not s.convergence_warning else " ⚠")
+        tests = " | ".join(cell(r, "test", k) for k in TABLE_METRICS)
+        lines.append(f"| {r.name} | {weights} | {cell(r, 'val', 'accuracy')} | {s.calibration.val_loss_before:.4f} "
+                     f"| {epochs} | {r.total_seconds:.1f} | {tests} | {s.parameters / 1e6:.1f} M |")
     return "\n".join(lines) + "\n"
 
 
-def report_markdown(rows: list[dict], sections: list[str] = ()) -> str:
+def report_markdown(results: list[ModelResults], sections: list[str] = ()) -> str:
     """The table, its notes, then ``sections`` (markdown, e.g. from comparison_stats.py)."""
-    text = "# Model comparison\n\n" + markdown_table(rows)
+    text = "# Model comparison\n\n" + markdown_table(results)
     text += "\nTime: feature extraction (each image through the frozen backbone once) plus head training.\n"
-    if not all(r["pretrained"] for r in rows):
+    warnings = [r.summary.convergence_warning for r in results if r.summary.convergence_warning]
+    if warnings:
+        text += "\n⚠ Not converged: " + "; ".join(warnings) + ".\n"
+    if not all(r.summary.pretrained for r in results):
         text += ("\n**Models marked NOT pretrained ran with randomly initialised backbones** because their ImageNet "
-                 "weights were not available (see README, 'Pretrained weights'); their numbers are not comparable "
-                 "with the study's.\n")
+                 "weights were not available (docs/weights.md); their numbers are not comparable with the study's.\n")
     text += f"\n{STUDY_NOTE}\n"
     return text + "".join(f"\n{section.strip()}\n" for section in sections)

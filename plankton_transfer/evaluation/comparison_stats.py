@@ -1,5 +1,6 @@
-"""The comparison's numbers a scientist can defend: intervals, paired tests, cross-validation,
-calibration and abundance, as rows and as markdown sections of compare.md."""
+"""The comparison's numbers a scientist can defend: paired tests, cross-validation, calibration,
+abundance and the review trade-off, as markdown sections of compare.md (from the typed
+results of evaluation/comparison.py)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,45 +9,17 @@ import numpy as np
 import pandas as pd
 
 from plankton_transfer.errors import UserError
+from plankton_transfer.evaluation.comparison import ModelResults
+from plankton_transfer.evaluation.metrics import CROSSVAL_METRICS, METRICS
 from plankton_transfer.evaluation.paired import compare_pairs, pair_sentence
 from plankton_transfer.files import read_json
-from plankton_transfer.params import StatsParams
+from plankton_transfer.params.stats import StatsParams
 
-INTERVAL_KEYS = ("accuracy", "balanced_accuracy", "macro_f1")
-CALIBRATION_KEYS = ("temperature", "val_loss_before", "val_loss_after", "test_loss_before", "test_loss_after",
-                    "test_ece_before", "test_ece_after")
-
-
-def uncertainty_fields(m: dict) -> dict:
-    """A comparison row's interval, calibration and abundance columns from evaluate metrics ``m``."""
-    out: dict = {"test_balanced_accuracy": m["test"]["balanced_accuracy"]}
-    for split, keys in (("val", ("accuracy",)), ("test", INTERVAL_KEYS)):
-        for key in keys:
-            if f"{key}_lo" in m[split]:
-                out[f"{split}_{key}_lo"], out[f"{split}_{key}_hi"] = m[split][f"{key}_lo"], m[split][f"{key}_hi"]
-    calibration = m.get("calibration") or {}
-    out.update({key: calibration[key] for key in CALIBRATION_KEYS if key in calibration})
-    if "val_loss_before" in calibration:  # the head's own cross-entropy, as the study reports it
-        out["val_loss"] = calibration["val_loss_before"]
-    out.update(m.get("abundance") or {})
-    return out
-
-
-def add_crossval(rows: list[dict], crossval_dir: Path) -> None:
-    """Each row's cross-validation means and standard deviations (crossval@<model> metrics)."""
-    for row in rows:
-        path = crossval_dir / f"{row['model']}.json"
-        cv = read_json(path).get(row["model"], {}).get("crossval")
-        if cv is None:
-            raise UserError(f"{path} holds no cross-validation of {row['model']}; run dvc repro")
-        row.update({f"cv_{key}": value for key, value in cv.items()})
-
-
-def read_predictions(models: list[str], predictions_dir: Path) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+def read_predictions(models: list[str], evaluations: Path) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Every model's test predictions, checked to be on the same images in the same order."""
     frames = {}
     for name in models:
-        path = predictions_dir / f"{name}.csv"
+        path = evaluations / name / "predictions.csv"
         if not path.is_file():
             raise UserError(f"{path} not found; run the evaluate stage first (dvc repro)")
         frames[name] = pd.read_csv(path, keep_default_na=False, dtype={"path": str, "true": str, "predicted": str})
@@ -61,10 +34,10 @@ def read_predictions(models: list[str], predictions_dir: Path) -> tuple[np.ndarr
     return y_true, {name: frame["predicted"].map(code).to_numpy() for name, frame in frames.items()}
 
 
-def pair_rows(models: list[str], predictions_dir: Path, cfg: StatsParams, seed: int) -> list[dict]:
+def pair_rows(models: list[str], evaluations: Path, cfg: StatsParams, seed: int) -> list[dict]:
     if len(models) < 2:
         return []
-    y_true, predictions = read_predictions(models, predictions_dir)
+    y_true, predictions = read_predictions(models, evaluations)
     rows = compare_pairs(y_true, predictions, cfg.confidence, cfg.resamples, seed)
     return [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()} for row in rows]
 
@@ -94,49 +67,74 @@ def pairs_section(pairs: list[dict], cfg: StatsParams, n_models: int) -> str:
                    f"{len(pairs)} comparisons (Bonferroni: multiply by {len(pairs)}).\n")
 
 
-def crossval_section(rows: list[dict]) -> str:
-    first = rows[0]
-    text = (f"## Cross-validation on the cached features\n\n{first['cv_folds']}-fold stratified cross-validation "
-            f"repeated {first['cv_repeats']} times over all {first['cv_images']} filtered images; in each fold "
-            "the head is trained with the train stage's protocol, early-stopped on a part of the fold's training "
-            "images, never its test part.\n\n"
-            "| Model | Accuracy (%) | Macro-F1 (%) | Cross-entropy |\n|---|---:|---:|---:|\n")
-    for r in rows:
-        text += (f"| {r['model']} | {100 * r['cv_accuracy_mean']:.1f} ± {100 * r['cv_accuracy_std']:.1f} "
-                 f"| {100 * r['cv_macro_f1_mean']:.1f} ± {100 * r['cv_macro_f1_std']:.1f} "
-                 f"| {r['cv_loss_mean']:.4f} ± {r['cv_loss_std']:.4f} |\n")
+def crossval_section(results: list[ModelResults]) -> str:
+    cv = [r for r in results if r.crossval is not None]
+    if not cv:
+        return ""
+    first = cv[0].crossval
+    text = (f"## Cross-validation on the cached features\n\n{first.folds}-fold stratified cross-validation "
+            f"repeated {first.repeats} times over all {first.images} filtered images; in each fold the head is "
+            "trained with the train stage's protocol, early-stopped on a part of the fold's training images, never "
+            "its test part.\n\n| Model | " + " | ".join(f"{METRICS[k].label}{' (%)' if METRICS[k].percent else ''}"
+                                                    for k in CROSSVAL_METRICS) + " |\n|---|" + "---:|" * len(CROSSVAL_METRICS) + "\n")
+    for r in cv:
+        cells = []
+        for key in CROSSVAL_METRICS:
+            m, v = METRICS[key], r.crossval.metrics[key]
+            cells.append(f"{m.show(v.mean)} ± {m.show(v.sd)}")
+        text += f"| {r.name} | " + " | ".join(cells) + " |\n"
     return text + ("\nMean ± standard deviation over the folds. Folds share training images, so the standard "
                    "deviation understates the uncertainty of the mean. Per-fold numbers: "
-                   "`metrics/crossval/<model>_folds.csv`; out-of-fold confusion matrices: `plots/crossval/`.\n")
+                   "`metrics/crossval/<model>/folds.csv`; out-of-fold confusion matrices: `plots/crossval/`.\n")
 
 
-def calibration_section(rows: list[dict], cfg: StatsParams) -> str:
-    text = ("## Calibration\n\nTemperature scaling fitted on the validation split; probabilities everywhere "
+def calibration_section(results: list[ModelResults], cfg: StatsParams) -> str:
+    text = ("## Calibration\n\nTemperature scaling fitted on the validation split; the probabilities everywhere "
             f"(metrics, misclassified, predictions, `plankton-predict`) are scaled. ECE: {cfg.calibration_bins} "
-            "equal-width confidence bins, test split.\n\n"
-            "| Model | Temperature | Test ECE before → after | Test cross-entropy before → after |\n"
-            "|---|---:|---:|---:|\n")
-    for r in rows:
-        text += (f"| {r['model']} | {r['temperature']:.3f} | {r['test_ece_before']:.3f} → {r['test_ece_after']:.3f} "
-                 f"| {r['test_loss_before']:.4f} → {r['test_loss_after']:.4f} |\n")
-    return text + "\nReliability diagrams: `plots/calibration/`.\n"
+            f"equal-width confidence bins, test split, with {100 * cfg.confidence:g} % bootstrap intervals; the "
+            "verdict reads the interval of the change (after - before): improved or worse only when it excludes 0.\n\n"
+            "| Model | Temperature | Test ECE before | Test ECE after | Change | Verdict | Test cross-entropy before → after |\n"
+            "|---|---:|---:|---:|---:|---|---:|\n")
+    for r in results:
+        c = r.summary.calibration
+        b, a, d = c.test_ece_before, c.test_ece_after, c.ece_change
+        text += (f"| {r.name} | {c.temperature:.3f} | {b.value:.3f} [{b.low:.3f}, {b.high:.3f}] | {a.value:.3f} "
+                 f"[{a.low:.3f}, {a.high:.3f}] | {d.value:+.3f} [{d.low:+.3f}, {d.high:+.3f}] | {c.verdict} | "
+                 f"{c.test_loss_before:.4f} → {c.test_loss_after:.4f} |\n")
+    return text + "\nReliability diagrams: `plots/evaluate/<model>/reliability.png`.\n"
 
 
-def abundance_section(rows: list[dict], abundance_dir: Path) -> str:
+def review_section(results: list[ModelResults]) -> str:
+    text = ("## Review: images accepted without a person\n\nUnder each model's per-class thresholds (chosen on the "
+            "validation split, only where enough validation images support the target precision: "
+            "models/thresholds.py), the images accepted automatically and how many of them are right, with a Wilson "
+            "interval. The validation row is where the thresholds were chosen (optimistic); the test row is the "
+            "honest one.\n\n| Model | Split | Accepted | Precision of the accepted (%) | Classes always reviewed |\n"
+            "|---|---|---:|---:|---:|\n")
+    for r in results:
+        for review in r.summary.review:
+            p = review.precision
+            shown = "-" if p is None else f"{100 * p.value:.1f} [{100 * p.low:.1f}, {100 * p.high:.1f}]"
+            text += (f"| {r.name} | {review.split} | {review.accepted} of {review.images} | {shown} | "
+                     f"{len(review.classes_without_threshold)} |\n")
+    return text
+
+
+def abundance_section(results: list[ModelResults], evaluations: Path) -> str:
     text = ("## Abundance (test split)\n\nHow many images of each class: counted from the predictions "
             "(classify and count) and adjusted with the confusion rates measured on the validation split. "
             "Error: total absolute proportion error (half the sum of absolute differences of class proportions; "
             "0 is exact).\n\n| Model | Classify-and-count error | Adjusted-count error |\n|---|---:|---:|\n")
-    text += "".join(f"| {r['model']} | {r['classify_count_error']:.3f} | {r['adjusted_count_error']:.3f} |\n"
-                    for r in rows)
-    tables = {r["model"]: pd.read_csv(abundance_dir / f"{r['model']}.csv", keep_default_na=False) for r in rows}
+    text += "".join(f"| {r.name} | {r.summary.abundance['classify_count_error']:.3f} | "
+                    f"{r.summary.abundance['adjusted_count_error']:.3f} |\n" for r in results)
+    tables = {r.name: pd.read_csv(evaluations / r.name / "abundance.csv", keep_default_na=False) for r in results}
     first = next(iter(tables.values()))
     header = "| Class | True | " + " | ".join(f"{m} counted | {m} adjusted" for m in tables) + " |\n"
     text += "\n" + header + "|---|---:|" + "---:|---:|" * len(tables) + "\n"
     for i, row in first.iterrows():
         cells = " | ".join(f"{t.loc[i, 'predicted']} | {t.loc[i, 'adjusted']:.1f}" for t in tables.values())
         text += f"| {row['class']} | {row['true']} | {cells} |\n"
-    return text + "\nBar charts: `plots/abundance/`.\n"
+    return text + "\nBar charts: `plots/evaluate/<model>/abundance.png`.\n"
 
 
 CURVES = {"train_loss": ("train", "loss"), "val_loss": ("val", "loss"), "train_accuracy": ("train", "accuracy"),

@@ -1,20 +1,25 @@
-"""Scoring a trained head on the cached validation and test features."""
+"""The evaluate stage's work: a model file scored on the cached validation and test features,
+as the typed summary and run record (evaluation/summary.py) and the per-image tables."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from plankton_transfer.data.features import load_split
-from plankton_transfer.evaluation.metrics import summary_metrics
-from plankton_transfer.models.heads import head_probabilities
+from plankton_transfer.evaluation.summary import EvaluationSummary, RunRecord
+from plankton_transfer.evaluation.uncertainty import Assessment, assess
+from plankton_transfer.models.model_file import ModelFile
+from plankton_transfer.models.provenance import FeatureMeta
+from plankton_transfer.params.stats import StatsParams
 
 
-def split_probabilities(record: dict, features: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """(true labels, class probabilities) of one split."""
-    x, y_true = load_split(features, split)
-    return y_true, head_probabilities(record, x)
+@dataclasses.dataclass
+class Evaluation:
+    summary: EvaluationSummary
+    run: RunRecord
+    assessment: Assessment
 
 
 def misclassified(paths: pd.Series, y_true: np.ndarray, proba: np.ndarray, classes: list[str]) -> pd.DataFrame:
@@ -30,55 +35,38 @@ def misclassified(paths: pd.Series, y_true: np.ndarray, proba: np.ndarray, class
     }).sort_values("probability", ascending=False)
 
 
-def rounded(values: dict[str, float]) -> dict[str, float]:
-    return {k: round(v, 4) for k, v in values.items()}
-
-
-def model_summary(record: dict, meta: dict, scores: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict:
-    """The numbers ``dvc exp show`` lists for one model: quality numbers, epochs and the pretrained
-    flag. Where the weights came from and timings (which change on every run and would fill
-    ``dvc exp show --only-changed``) are in the run record."""
-    training = record["training"]
-    head_size = int(record["head"]["weight"].numel() + record["head"]["bias"].numel())
-    return {
-        "pretrained": record["weights"]["pretrained"],
-        **{split: rounded(summary_metrics(y, proba)) for split, (y, proba) in scores.items()},
-        "epochs": training["epochs"],
-        "best_epoch": training["best_epoch"],
-        "lr": training["lr"],
-        "parameters": meta["backbone_parameters"] + head_size,
-    }
-
-
-def run_record(record: dict, meta: dict) -> dict:
-    """Everything that determined the metrics, for reproducing them later."""
-    training = record["training"]
-    return {
-        "backbone": record["backbone"],
-        "weights": record["weights"],
-        "preprocess": record["preprocess"],
-        "classes": record["classes"],
-        "split_sizes": meta["sizes"],
-        "train_params": training["params"],
-        "seed": training["seed"],
-        "deterministic_algorithms": True,  # plankton_transfer/runtime.py: use_deterministic_algorithms
-        "lr_sweep_best_val_loss": training["lr_sweep"],
-        "timing": {"train_seconds": round(training["seconds"], 3), "extract_seconds": meta["seconds"],
-                   "extract_images_per_s": meta["images_per_s"]},
-        "extract_environment": meta["environment"],
-        "train_environment": training["environment"],
-        "train_features": stable_placement(training.get("features")),
-    }
-
-
-def stable_placement(placement: dict | None) -> dict | None:
-    """Resident or streamed training features, and why, without the free memory seen at the
-    time (it changes run to run; the model file's training record keeps it)."""
-    if placement is None:  # a model file from before the choice was recorded
-        return None
-    return {k: v for k, v in placement.items() if k != "free_bytes"}
-
-
 def confusion_rows(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]) -> list[dict]:
     """One {actual, predicted} row per image: DVC's confusion-plot data."""
     return [{"actual": classes[t], "predicted": classes[p]} for t, p in zip(y_true, y_pred)]
+
+
+def stable_placement(placement: dict) -> dict:
+    """Resident or streamed training features, and why, without the free memory seen at the
+    time (it changes run to run; the model file's training record keeps it)."""
+    return {k: v for k, v in placement.items() if k != "free_bytes"}
+
+
+def run_record(model: ModelFile, fingerprint: str, meta: FeatureMeta) -> RunRecord:
+    t = model.training
+    return RunRecord(model=model.name, model_fingerprint=fingerprint, backbone=model.backbone, weights=model.weights,
+                     input=model.input, classes=model.classes, data=model.data, train_params=t.params, seed=t.seed,
+                     deterministic_algorithms=True,  # plankton_transfer/runtime.py: use_deterministic_algorithms
+                     lr_sweep_best_val_loss=t.lr_sweep,
+                     timing={"train_seconds": round(t.seconds, 3), "extract_seconds": meta.seconds,
+                             "extract_images_per_s": meta.images_per_s},
+                     extract_environment=meta.environment, train_environment=t.environment,
+                     train_features=stable_placement(t.features))
+
+
+def evaluate_model(model: ModelFile, features: Path, meta: FeatureMeta, cfg: StatsParams, seed: int) -> Evaluation:
+    """Every number the evaluate stage reports for one model."""
+    fingerprint = model.fingerprint()
+    assessment = assess(model, features, cfg, seed)
+    t = model.training
+    summary = EvaluationSummary(
+        model=model.name, model_fingerprint=fingerprint, pretrained=model.pretrained, weights=model.weights.description,
+        parameters=meta.backbone_parameters + model.head.weight.numel() + model.head.bias.numel(),
+        epochs=t.epochs, best_epoch=t.best_epoch, lr=t.lr, convergence_warning=t.convergence_warning(model.name),
+        splits=assessment.splits, interval_method=cfg.interval_method, confidence=cfg.confidence,
+        calibration=assessment.calibration, abundance=assessment.abundance, review=assessment.review)
+    return Evaluation(summary, run_record(model, fingerprint, meta), assessment)

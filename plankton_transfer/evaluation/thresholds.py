@@ -15,6 +15,7 @@ import pandas as pd
 
 from plankton_transfer.evaluation.plots import plt, save_figure
 from plankton_transfer.files import write_csv
+from plankton_transfer.models.model_file import ModelFile
 from plankton_transfer.models.thresholds import review_flags
 
 MARKED = (0.5, 0.8, 0.9, 0.95, 0.99)  # thresholds labelled on the plot
@@ -33,10 +34,10 @@ def coverage_table(y_true: np.ndarray, proba: np.ndarray, step: float = 0.01) ->
     return pd.DataFrame(rows, columns=["threshold", "auto_accepted", "accepted", "to_review", "accuracy"])
 
 
-def class_threshold_point(record: dict, y_true: np.ndarray, proba: np.ndarray) -> dict:
+def class_threshold_point(model: ModelFile, y_true: np.ndarray, proba: np.ndarray) -> dict:
     """Fraction auto-accepted and their accuracy under the model file's per-class thresholds."""
     predicted = proba.argmax(axis=1)
-    accepted = ~review_flags(record, predicted, proba.max(axis=1))
+    accepted = ~review_flags(model.thresholds, model.classes, predicted, proba.max(axis=1))
     accuracy = float((predicted == y_true)[accepted].mean()) if accepted.any() else None
     return {"auto_accepted": float(accepted.mean()), "accepted": int(accepted.sum()),
             "to_review": int((~accepted).sum()), "accuracy": accuracy}
@@ -65,13 +66,14 @@ def plot_coverage(table: pd.DataFrame, point: dict, target: float | None, title:
     save_figure(fig, path)
 
 
-def write_threshold_report(record: dict, y_true: np.ndarray, proba: np.ndarray, table_path: Path,
+def write_threshold_report(model: ModelFile, y_true: np.ndarray, proba: np.ndarray, table_paths: list[Path],
                            png_path: Path) -> dict:
-    """Write the table (CSV) and the plot (PNG) for one model's test set; returns the per-class point."""
+    """Write the table (CSV, to each of ``table_paths``) and the plot (PNG) for one model's test
+    set; returns the per-class point."""
     table = coverage_table(y_true, proba)
-    point = class_threshold_point(record, y_true, proba)
-    target = (record.get("thresholds") or {}).get("target_precision")
-    write_csv(table_path, table)
-    plot_coverage(table, point, target, f"{record['backbone']}: accuracy against images accepted automatically "
-                                        f"(test, n={len(y_true)})", png_path)
+    point = class_threshold_point(model, y_true, proba)
+    for path in table_paths:
+        write_csv(path, table)
+    plot_coverage(table, point, model.thresholds.target_precision,
+                  f"{model.name}: accuracy against images accepted automatically (test, n={len(y_true)})", png_path)
     return point

@@ -1,8 +1,6 @@
-"""What the evaluate stage adds to the point estimates: intervals, calibration and abundance.
-
-One call per model, on the cached validation and test features (see the modules it uses:
-intervals.py, calibration.py, abundance.py).
-"""
+"""What the evaluate stage adds to the point estimates: intervals, calibration with its
+uncertainty, abundance and the review trade-off, on the cached validation and test features
+(see the modules it uses: intervals.py, calibration.py, abundance.py)."""
 from __future__ import annotations
 
 import dataclasses
@@ -13,48 +11,103 @@ import pandas as pd
 
 from plankton_transfer.data.features import load_split
 from plankton_transfer.evaluation.abundance import abundance_table
-from plankton_transfer.evaluation.calibration import (calibration_summary, reliability_rows, reliability_table,
-                                                      scaled_probabilities)
-from plankton_transfer.evaluation.intervals import metric_intervals
-from plankton_transfer.models.heads import head_logits, head_temperature
-from plankton_transfer.params import StatsParams
+from plankton_transfer.evaluation.calibration import (bootstrap_ece, calibration_summary, calibration_verdict,
+                                                      reliability_rows, reliability_table, scaled_probabilities)
+from plankton_transfer.evaluation.intervals import central_interval, metric_intervals, wilson_interval
+from plankton_transfer.evaluation.metrics import METRICS, score
+from plankton_transfer.evaluation.summary import CalibrationScores, Estimate, ReviewScores, SplitScores
+from plankton_transfer.models.model_file import ModelFile
+from plankton_transfer.models.thresholds import review_flags
+from plankton_transfer.params.stats import StatsParams
+
+DIGITS = 4  # numbers in the summary: 4 decimals (timings aside)
 
 
 @dataclasses.dataclass
 class Assessment:
-    intervals: dict[str, dict[str, float]]  # split -> accuracy_lo, accuracy_hi, ...
-    calibration: dict[str, float]  # temperature; val/test cross-entropy and test ECE before/after
+    labels: dict[str, np.ndarray]  # split -> true labels
+    proba: dict[str, np.ndarray]  # split -> calibrated probabilities
+    splits: dict[str, SplitScores]
+    calibration: CalibrationScores
     abundance: dict[str, float]  # classify_count_error, adjusted_count_error
     abundance_table: pd.DataFrame  # class, true, predicted, adjusted (test counts)
+    review: list[ReviewScores]
     reliability_rows: list[dict]  # DVC plot data (test split)
     reliability: dict[str, pd.DataFrame]  # "before"/"after": the test split's bins, for the figure
 
 
-def rounded(values: dict[str, float]) -> dict[str, float]:
-    return {k: round(float(v), 4) for k, v in values.items()}
+def r(value: float | None) -> float | None:
+    return None if value is None else round(float(value), DIGITS)
 
 
-def assess(record: dict, features: Path, cfg: StatsParams, seed: int) -> Assessment:
-    """Intervals for val and test, calibration before/after temperature scaling, test abundance."""
-    n_classes, temperature = len(record["classes"]), head_temperature(record)
-    logits, labels = {}, {}
+def split_scores(y: np.ndarray, proba: np.ndarray, n_classes: int, cfg: StatsParams, seed: int) -> SplitScores:
+    """Every metric of one split, with the interval its definition asks for."""
+    values = score(y, proba)
+    bounds = metric_intervals(y, proba.argmax(axis=1), n_classes, cfg.confidence, cfg.resamples, seed,
+                              cfg.interval_method)
+    metrics = {}
+    for key, value in values.items():
+        if METRICS[key].interval is None:
+            metrics[key] = Estimate(r(value))
+        else:
+            metrics[key] = Estimate(r(value), r(bounds[f"{key}_lo"]), r(bounds[f"{key}_hi"]))
+    return SplitScores(images=len(y), metrics=metrics)
+
+
+def calibration_scores(model: ModelFile, logits: dict[str, np.ndarray], labels: dict[str, np.ndarray],
+                       cfg: StatsParams, seed: int) -> CalibrationScores:
+    """Cross-entropy before/after temperature scaling, and the test ECE with bootstrap intervals
+    and a verdict that follows them."""
+    t, bins, y = model.temperature, cfg.calibration_bins, labels["test"]
+    val = calibration_summary(logits["val"], labels["val"], t, bins)
+    test = calibration_summary(logits["test"], y, t, bins)
+    if len(y):
+        before, after = bootstrap_ece(scaled_probabilities(logits["test"]), scaled_probabilities(logits["test"], t),
+                                      y, bins, cfg.resamples, seed)
+        intervals = [central_interval(v, cfg.confidence) for v in (before, after, after - before)]
+    else:
+        intervals = [(0.0, 1.0), (0.0, 1.0), (-1.0, 1.0)]
+    change = test["ece_after"] - test["ece_before"]
+    (b_lo, b_hi), (a_lo, a_hi), (c_lo, c_hi) = intervals
+    return CalibrationScores(
+        temperature=r(t), val_loss_before=r(val["loss_before"]), val_loss_after=r(val["loss_after"]),
+        test_loss_before=r(test["loss_before"]), test_loss_after=r(test["loss_after"]),
+        test_ece_before=Estimate(r(test["ece_before"]), r(b_lo), r(b_hi)),
+        test_ece_after=Estimate(r(test["ece_after"]), r(a_lo), r(a_hi)),
+        ece_change=Estimate(r(change), r(c_lo), r(c_hi)), verdict=calibration_verdict(c_lo, c_hi))
+
+
+def review_scores(model: ModelFile, split: str, y: np.ndarray, proba: np.ndarray, confidence: float) -> ReviewScores:
+    """How many images the per-class thresholds accept without review, and how precise they are."""
+    predicted = proba.argmax(axis=1)
+    accepted = ~review_flags(model.thresholds, model.classes, predicted, proba.max(axis=1) if len(proba) else proba)
+    n, right = int(accepted.sum()), int((predicted == y)[accepted].sum())
+    precision = None
+    if n:
+        low, high = wilson_interval(right, n, confidence)
+        precision = Estimate(r(right / n), r(low), r(high))
+    missing = [c for c in model.classes if model.thresholds.per_class.get(c) is None]
+    return ReviewScores(split=split, accepted=n, images=len(y), precision=precision, classes_without_threshold=missing)
+
+
+def assess(model: ModelFile, features: Path, cfg: StatsParams, seed: int) -> Assessment:
+    """Metrics with intervals for val and test, calibration, test abundance, the review trade-off."""
+    n_classes = len(model.classes)
+    logits, labels, proba = {}, {}, {}
     for split in ("val", "test"):
         x, labels[split] = load_split(features, split)
-        logits[split] = head_logits(record, np.asarray(x))
-    predicted = {split: logits[split].argmax(axis=1) for split in logits}
-    intervals = {split: rounded(metric_intervals(labels[split], predicted[split], n_classes, cfg.confidence,
-                                                 cfg.resamples, seed, cfg.interval_method)) for split in logits}
-    val = calibration_summary(logits["val"], labels["val"], temperature, cfg.calibration_bins)
-    test = calibration_summary(logits["test"], labels["test"], temperature, cfg.calibration_bins)
-    calibration = {"temperature": temperature, "val_loss_before": val["loss_before"],
-                   "val_loss_after": val["loss_after"], **{f"test_{k}": v for k, v in test.items()}}
-    table, errors = abundance_table(labels["val"], predicted["val"], labels["test"], predicted["test"],
-                                    list(record["classes"]))
+        logits[split] = model.logits(np.asarray(x))
+        proba[split] = model.probabilities(np.asarray(x))
+    splits = {split: split_scores(labels[split], proba[split], n_classes, cfg, seed) for split in logits}
+    table, errors = abundance_table(labels["val"], proba["val"].argmax(axis=1), labels["test"],
+                                    proba["test"].argmax(axis=1), list(model.classes))
     bins = {name: reliability_table(scaled_probabilities(logits["test"], t), labels["test"], cfg.calibration_bins)
-            for name, t in (("before", 1.0), ("after", temperature))}
-    return Assessment(intervals=intervals, calibration=rounded(calibration), abundance=rounded(errors),
-                      abundance_table=table,
-                      reliability_rows=reliability_rows(logits["test"], labels["test"], temperature,
+            for name, t in (("before", 1.0), ("after", model.temperature))}
+    return Assessment(labels=labels, proba=proba, splits=splits,
+                      calibration=calibration_scores(model, logits, labels, cfg, seed),
+                      abundance={k: r(v) for k, v in errors.items()}, abundance_table=table,
+                      review=[review_scores(model, s, labels[s], proba[s], cfg.confidence) for s in ("val", "test")],
+                      reliability_rows=reliability_rows(logits["test"], labels["test"], model.temperature,
                                                         cfg.calibration_bins),
                       reliability=bins)
 

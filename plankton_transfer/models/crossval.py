@@ -1,48 +1,51 @@
 """Cross-validation of the head on a backbone's cached features (stage crossval@<model>).
 
 Repeated stratified k-fold over all filtered images (the train, val and test splits'
-features together), each fold trained with the train stage's protocol and scored on its test
-part; see plankton_transfer/models/folds.py for the folds and the batched training. Reports
-the mean, the standard deviation (over folds, ddof 1) and every fold's accuracy, macro-F1 and
-cross-entropy (temperature-scaled, as the train stage's model files are), and the confusion
+features together), each fold trained with the train stage's protocol by the same trainer
+(models/heads.py: fit_heads, every fold at once) and scored on its test part; see
+plankton_transfer/models/folds.py for the folds. Reports the mean, the standard deviation
+(over folds, ddof 1) and every fold's value of the metrics of evaluation/metrics.py
+CROSSVAL_METRICS (temperature-scaled, as the train stage's model files are), and the confusion
 matrix pooled over the out-of-fold predictions of every repeat.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pandas as pd
 import torch
 
-from plankton_transfer.data.features import SPLITS, load_meta, load_split
-from plankton_transfer.data.splitting import read_splits
+from plankton_transfer.data.features import SPLITS, load_split
+from plankton_transfer.data.split_files import read_splits
 from plankton_transfer.errors import UserError
-from plankton_transfer.evaluation.calibration import fit_temperature, scaled_probabilities
-from plankton_transfer.evaluation.metrics import summary_metrics
-from plankton_transfer.models.folds import Fold, FoldsFit, fit_folds, make_folds
-from plankton_transfer.models.heads import head_logits
-from plankton_transfer.params import CrossvalParams, TrainParams
+from plankton_transfer.evaluation.calibration import fit_temperature
+from plankton_transfer.evaluation.metrics import CROSSVAL_METRICS, score
+from plankton_transfer.evaluation.summary import CrossvalSummary, MeanSd
+from plankton_transfer.models.folds import Fold, make_folds
+from plankton_transfer.models.heads import FitResult, best_of, fit_heads
+from plankton_transfer.models.linear_head import LinearHead
+from plankton_transfer.models.provenance import load_meta
+from plankton_transfer.params.crossval import CrossvalParams
+from plankton_transfer.params.train import TrainParams
 from plankton_transfer.runtime import resolve_device, seed_everything, use_deterministic_algorithms
+from plankton_transfer.settings import RunSettings
 
-
-SMALL_WORK_CELLS = 50_000_000  # feature cells (x heads, for threads) below which the shortcuts below pay
+HEADS_AT_ONCE = 64  # folds x learning rates trained in one pass; more are trained in chunks (same result)
 
 
 @dataclasses.dataclass
 class CrossvalResult:
-    summary: dict[str, float]  # numbers only: what `dvc exp show` lists
+    summary: CrossvalSummary
     folds: pd.DataFrame  # one row per fold
     confusion_rows: list[dict]  # {actual, predicted} per out-of-fold prediction, every repeat
 
 
 def load_all_features(features: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Every image's features and label, in split order (train, val, test), as the split CSVs."""
+    """Every image's features (float32) and label, in split order (train, val, test), as the split CSVs."""
     parts = [load_split(features, split) for split in SPLITS]
-    return np.concatenate([np.asarray(x) for x, _ in parts]), np.concatenate([y for _, y in parts])
+    return np.concatenate([np.asarray(x, dtype=np.float32) for x, _ in parts]), np.concatenate([y for _, y in parts])
 
 
 def read_groups(split_dir: Path, n_rows: int) -> np.ndarray | None:
@@ -56,66 +59,54 @@ def read_groups(split_dir: Path, n_rows: int) -> np.ndarray | None:
     return frame["group"].astype(str).to_numpy()
 
 
-def best_of_fold(fitted: FoldsFit, fold_index: int, per_fold: int) -> int:
-    """The fold's head (learning rate) with the lowest validation loss."""
-    heads = range(fold_index * per_fold, (fold_index + 1) * per_fold)
-    return min(heads, key=lambda k: fitted.best_val_loss[k])
-
-
-def score_fold(fold: Fold, head: dict, x: np.ndarray, y: np.ndarray) -> tuple[dict, np.ndarray]:
+def score_fold(fold: Fold, head: LinearHead, x: np.ndarray, y: np.ndarray) -> tuple[dict, np.ndarray]:
     """Temperature on the fold's validation part, then the fold's test metrics and predictions."""
-    record = {"head": head}
-    temperature = fit_temperature(head_logits(record, x[fold.val]), y[fold.val])["temperature"]
-    proba = scaled_probabilities(head_logits(record, x[fold.test]), temperature)
-    m = summary_metrics(y[fold.test], proba)
+    temperature = fit_temperature(head.logits(x[fold.val]), y[fold.val])["temperature"]
+    proba = head.probabilities(x[fold.test], temperature)
+    m = score(y[fold.test], proba, CROSSVAL_METRICS)
     row = {"repeat": fold.repeat + 1, "fold": fold.fold + 1, "train": len(fold.train), "val": len(fold.val),
-           "test": len(fold.test), "temperature": round(temperature, 4),
-           **{key: round(m[key], 4) for key in ("accuracy", "macro_f1", "loss")}}
+           "test": len(fold.test), "temperature": round(temperature, 4), **{k: round(v, 4) for k, v in m.items()}}
     return row, proba.argmax(axis=1)
 
 
-def summarise(table: pd.DataFrame, cfg: CrossvalParams, images: int) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for key in ("accuracy", "macro_f1", "loss"):
+def summarise(name: str, table: pd.DataFrame, cfg: CrossvalParams, images: int) -> CrossvalSummary:
+    metrics = {}
+    for key in CROSSVAL_METRICS:
         values = table[key].to_numpy(dtype=float)
-        out[f"{key}_mean"] = round(float(values.mean()), 4)
-        out[f"{key}_std"] = round(float(values.std(ddof=1)) if len(values) > 1 else 0.0, 4)
-    return out | {"folds": cfg.folds, "repeats": cfg.repeats, "images": images}
+        metrics[key] = MeanSd(round(float(values.mean()), 4),
+                              round(float(values.std(ddof=1)) if len(values) > 1 else 0.0, 4))
+    return CrossvalSummary(model=name, folds=cfg.folds, repeats=cfg.repeats, images=images, metrics=metrics)
 
 
-@contextlib.contextmanager
-def few_threads_for_small_work(device: torch.device, cells: int) -> Iterator[None]:
-    """One CPU thread while the per-epoch work is small: each op then takes microseconds, and
-    handing tiny ops to a thread pool costs more than it saves (tenfold on a busy machine)."""
-    before = torch.get_num_threads()
-    if device.type == "cpu" and cells < SMALL_WORK_CELLS:
-        torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+def fit_folds(x: torch.Tensor, y: torch.Tensor, folds: list[Fold], n_classes: int, cfg: TrainParams,
+              seed: int) -> FitResult:
+    """Every fold's heads, trained :data:`HEADS_AT_ONCE` at a time (each fold's own seed, so
+    the chunking never changes a result)."""
+    per_chunk = max(1, HEADS_AT_ONCE // len(cfg.lrs))
+    parts = [fit_heads(x, y, [f.rows for f in folds[start:start + per_chunk]], n_classes, cfg, seed,
+                       first_group=start) for start in range(0, len(folds), per_chunk)]
+    return FitResult(*(sum((getattr(p, f.name) for p in parts), []) for f in dataclasses.fields(FitResult)))
 
 
-def run_crossval(features: Path, split_dir: Path, cfg: CrossvalParams, train_cfg: TrainParams,
-                 seed: int) -> CrossvalResult:
+def run_crossval(features: Path, split_dir: Path, cfg: CrossvalParams, train_cfg: TrainParams, seed: int,
+                 settings: RunSettings) -> CrossvalResult:
     """Cross-validate the head on ``features`` (one backbone's folder from the extract stage)."""
-    classes = load_meta(features)["classes"]
+    meta = load_meta(features)
+    classes = list(meta.classes)
     x, y = load_all_features(features)
     folds = make_folds(y, read_groups(split_dir, len(y)), cfg, seed)
-    device = resolve_device(train_cfg.device)
+    device = resolve_device(settings.device)
     seed_everything(seed)
     use_deterministic_algorithms()
-    small = x.size < SMALL_WORK_CELLS  # then float32 once instead of a cast per batch (same values)
-    features = torch.from_numpy(x.astype(np.float32) if small else x).to(device)
-    with few_threads_for_small_work(device, x.size * len(folds) * len(train_cfg.lrs)):
-        fitted = fit_folds(features, torch.from_numpy(y).to(device), len(classes), folds, train_cfg, seed)
+    fitted = fit_folds(torch.from_numpy(x).to(device), torch.from_numpy(y).to(device), folds, len(classes),
+                       train_cfg, seed)
     rows, confusion_rows = [], []
     per_fold = len(train_cfg.lrs)
     for i, fold in enumerate(folds):
-        k = best_of_fold(fitted, i, per_fold)
-        row, predicted = score_fold(fold, fitted.best_states[k], x, y)
+        k = best_of(fitted, i, per_fold)
+        row, predicted = score_fold(fold, fitted.heads[k], x, y)
         rows.append({**row, "lr": train_cfg.lrs[k % per_fold], "epochs": fitted.epochs_run[k],
                      "best_epoch": fitted.best_epoch[k]})
         confusion_rows += [{"actual": classes[t], "predicted": classes[p]} for t, p in zip(y[fold.test], predicted)]
     table = pd.DataFrame(rows)
-    return CrossvalResult(summarise(table, cfg, len(y)), table, confusion_rows)
+    return CrossvalResult(summarise(meta.backbone, table, cfg, len(y)), table, confusion_rows)

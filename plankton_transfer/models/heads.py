@@ -1,173 +1,233 @@
-"""Training the new last layer on cached features: the study's protocol without its overhead.
+"""The one trainer of the new last layer (models/linear_head.py) on cached features.
 
-The protocol is the study's: shuffled mini-batches, SGD with momentum, after every epoch a
-full evaluation of the train and validation sets, early stopping on validation
-cross-entropy with patience, and the weights of the best validation epoch kept.
+:func:`fit_heads` trains it with the study's protocol (SGD with momentum on
+shuffled mini-batches, after every epoch the validation cross-entropy, early stopping with
+patience, the weights of the best validation epoch kept), for the train stage, for
+cross-validation and for the open-set stage alike.
 
-What changes is only where the inputs come from: the features are resident on the device
-(no DataLoader, no backbone per step), so an epoch is a few tensor ops per batch. Where they
-do not fit, the same batches are read from the memory-mapped feature files instead
-(:func:`take_rows`): the same rows in the same order, so the same head. Several
-heads (one per learning rate) can train at once, stacked in one batched matmul; each head's
-gradient, update and early stopping are exactly those it would have alone.
+Several heads train at once: one per learning rate (``train.lr`` as a list) in each group of
+rows (a fold of cross-validation; the train stage has one group). Each head has its own rows,
+batch order (a generator seeded with ``seed + group``), gradient, momentum, early stopping and
+kept weights: exactly what training it alone gives.
+
+Speed: the gradient of the cross-entropy of a linear layer is written out (softmax minus the
+one-hot target, times the batch), and the SGD update is applied in place, so a step is a few
+tensor operations and no autograd graph. The per-step products are small, so on a CPU they run
+on one thread: handing them to a pool of threads costs more than it saves, ten times more when
+the cores are shared (a loaded machine, ``dvc queue start -j 2``, a Slurm job given fewer cores
+than the node has). The whole-split evaluations after each epoch are large and use every
+usable core (plankton_transfer/settings.py).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from scipy.special import softmax
 from torch import nn
 
-from plankton_transfer.errors import UserError
-from plankton_transfer.files import atomic_path
-from plankton_transfer.models.weights import load_state_dict_file
+from plankton_transfer.models.linear_head import LinearHead
+from plankton_transfer.params.train import TrainParams
+from plankton_transfer.settings import usable_cores
+
+Features = torch.Tensor | np.ndarray  # resident on the device (float32), or a memory-mapped float16 .npy
+EVALUATION_CELLS = 1 << 24  # feature values scored at a time (64 MB of float32)
 
 
-class LinearHeads(nn.Module):
-    """K independent linear layers ``dim -> classes``; forward gives (K, N, classes) logits."""
+@dataclasses.dataclass(frozen=True)
+class RowGroup:
+    """Rows (indices into the features) that some heads train on and are stopped by."""
 
-    def __init__(self, k: int, dim: int, classes: int, seed: int) -> None:
-        super().__init__()
-        torch.manual_seed(seed)
-        template = nn.Linear(dim, classes)  # torch's default init, as the study's replaced layer
-        self.weights = nn.ParameterList([nn.Parameter(template.weight.detach().clone()) for _ in range(k)])
-        self.biases = nn.ParameterList([nn.Parameter(template.bias.detach().clone()) for _ in range(k)])
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight = torch.stack(list(self.weights))  # (K, C, D)
-        bias = torch.stack(list(self.biases))  # (K, C)
-        return torch.baddbmm(bias.unsqueeze(1), x.unsqueeze(0).expand(len(weight), -1, -1), weight.transpose(1, 2))
-
-    def head_state(self, k: int) -> dict[str, torch.Tensor]:
-        return {"weight": self.weights[k].detach().cpu().clone(), "bias": self.biases[k].detach().cpu().clone()}
-
-
-def make_optimizer(heads: LinearHeads, lrs: list[float], momentum: float, weight_decay: float) -> torch.optim.SGD:
-    groups = [{"params": [w, b], "lr": lr} for w, b, lr in zip(heads.weights, heads.biases, lrs)]
-    return torch.optim.SGD(groups, lr=lrs[0], momentum=momentum, weight_decay=weight_decay)
-
-
-Features = torch.Tensor | np.ndarray  # resident on the device, or a memory-mapped float16 .npy
-
-
-def take_rows(x: Features, idx: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Rows ``idx`` (in that order) as float32 on ``device``: indexed where they are resident,
-    read from the memory-mapped file otherwise (the same float16 values either way)."""
-    if isinstance(x, torch.Tensor):
-        return x[idx.to(x.device)].float()
-    return torch.from_numpy(np.asarray(x[idx.cpu().numpy()])).to(device).float()
-
-
-def take_range(x: Features, start: int, stop: int, device: torch.device) -> torch.Tensor:
-    if isinstance(x, torch.Tensor):
-        return x[start:stop].float()
-    return torch.from_numpy(np.array(x[start:stop])).to(device).float()  # a copy: the memory map is read-only
-
-
-def train_one_epoch(heads: LinearHeads, optimizer: torch.optim.Optimizer, x: Features, y: torch.Tensor,
-                    batch_size: int, generator: torch.Generator) -> None:
-    """One pass over (x, y) in shuffled mini-batches; x is float16 (cast per batch), resident
-    or memory-mapped; y is on the heads' device."""
-    heads.train()
-    order = torch.randperm(len(x), generator=generator).to(y.device)
-    for start in range(0, len(x), batch_size):
-        idx = order[start:start + batch_size]
-        logits = heads(take_rows(x, idx, y.device))  # (K, n, C)
-        # sum over heads of each head's mean loss: every head gets exactly its own gradient
-        loss = F.cross_entropy(logits.flatten(0, 1), y[idx].repeat(len(logits)), reduction="sum") / len(idx)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
-
-@torch.inference_mode()
-def evaluate(heads: LinearHeads, x: Features, y: torch.Tensor, chunk: int = 8192) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-head mean cross-entropy and accuracy over (x, y): two tensors of shape (K,)."""
-    heads.eval()
-    loss_sum = torch.zeros(len(heads.weights), device=y.device)
-    correct = torch.zeros_like(loss_sum)
-    for start in range(0, len(x), chunk):
-        logits = heads(take_range(x, start, start + chunk, y.device))
-        target = y[start:start + chunk]
-        loss_sum += F.cross_entropy(logits.transpose(1, 2), target.expand(len(logits), -1), reduction="none").sum(1)
-        correct += (logits.argmax(-1) == target).sum(1)
-    return (loss_sum / len(x)).cpu(), (correct / len(x)).cpu()
+    train: np.ndarray
+    val: np.ndarray
 
 
 @dataclasses.dataclass
 class FitResult:
-    best_states: list[dict[str, torch.Tensor]]
+    """Per head (group-major: group g, learning rate j is head ``g * len(lrs) + j``)."""
+
+    heads: list[LinearHead]  # the weights of each head's best validation epoch
     best_epoch: list[int]
     best_val_loss: list[float]
     epochs_run: list[int]  # when each head's early stopping fired (or max_epochs)
-    history: list[dict[str, list[float]]]  # per epoch: train/val loss/accuracy, one value per head
+    history: list[dict[str, list[float]]]  # per epoch, with ``history=True``: train/val loss and accuracy per head
 
 
-def fit(heads: LinearHeads, optimizer: torch.optim.Optimizer, train: tuple[Features, torch.Tensor],
-        val: tuple[Features, torch.Tensor], batch_size: int, max_epochs: int, patience: int,
-        generator: torch.Generator, progress=None) -> FitResult:
-    """Train until every head's validation loss has not improved for ``patience`` epochs."""
-    k = len(heads.weights)
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def take_rows(x: Features, idx: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Rows ``idx`` (any shape) as float32 on ``device``: indexed where they are resident, read
+    from the memory-mapped file otherwise (the same float16 values either way)."""
+    if isinstance(x, torch.Tensor):
+        return x[idx].float()
+    flat = idx.reshape(-1).cpu().numpy()
+    rows = torch.from_numpy(np.asarray(x[flat], dtype=np.float32)).to(device)
+    return rows.view(*idx.shape, x.shape[1])
+
+
+class HeadStack:
+    """K heads as stacked tensors (weight (K, C, D), bias (K, C)) with SGD momentum buffers,
+    initialised as one ``nn.Linear`` (torch's default, as the study's replaced layer) copied K times."""
+
+    def __init__(self, k: int, dim: int, classes: int, seed: int, device: torch.device) -> None:
+        torch.manual_seed(seed)
+        template = nn.Linear(dim, classes)
+        self.weight = template.weight.detach().to(device).expand(k, -1, -1).clone()
+        self.bias = template.bias.detach().to(device).expand(k, -1).clone()
+        self.weight_buf, self.bias_buf = torch.zeros_like(self.weight), torch.zeros_like(self.bias)
+        self.has_buf = torch.zeros(k, dtype=torch.bool, device=device)
+
+    def head(self, k: int) -> LinearHead:
+        return LinearHead(self.weight[k].detach().cpu().clone(), self.bias[k].detach().cpu().clone())
+
+
+def sgd_step(stack: HeadStack, grad_w: torch.Tensor, grad_b: torch.Tensor, lrs: torch.Tensor,
+             active: torch.Tensor, momentum: float, weight_decay: float) -> None:
+    """torch.optim.SGD's update (momentum, no dampening, weight decay), in place, for every head
+    that is ``active`` this step; one without rows (its own loop would have ended) is left
+    alone, as SGD skips a parameter without a gradient."""
+    if weight_decay:
+        grad_w.add_(stack.weight, alpha=weight_decay)
+        grad_b.add_(stack.bias, alpha=weight_decay)
+    if momentum:
+        if bool(active.all()) and bool(stack.has_buf.all()):  # every step but the first (or a fold's last)
+            grad_w = stack.weight_buf.mul_(momentum).add_(grad_w)
+            grad_b = stack.bias_buf.mul_(momentum).add_(grad_b)
+        else:
+            first = ~stack.has_buf
+            grad_w = torch.where(first[:, None, None], grad_w, stack.weight_buf * momentum + grad_w)
+            grad_b = torch.where(first[:, None], grad_b, stack.bias_buf * momentum + grad_b)
+            stack.weight_buf.copy_(torch.where(active[:, None, None], grad_w, stack.weight_buf))
+            stack.bias_buf.copy_(torch.where(active[:, None], grad_b, stack.bias_buf))
+            stack.has_buf |= active
+    step = lrs * active
+    stack.weight.addcmul_(grad_w, step[:, None, None], value=-1)
+    stack.bias.addcmul_(grad_b, step[:, None], value=-1)
+
+
+def cross_entropy_gradients(x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, weight: torch.Tensor,
+                            bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradients of each head's mean cross-entropy over its own rows.
+
+    x (G, B, D) rows of G groups, y (G, B), mask (G, B) 1 for real rows; weight (G, P, C, D),
+    bias (G, P, C): P heads per group. Returns (G, P, C, D) and (G, P, C)."""
+    logits = torch.matmul(x.unsqueeze(1), weight.transpose(-1, -2)) + bias.unsqueeze(2)  # (G, P, B, C)
+    delta = torch.softmax(logits, dim=-1)
+    delta.scatter_add_(-1, y[:, None, :, None].expand(-1, delta.shape[1], -1, 1),
+                       torch.full_like(delta[..., :1], -1.0))
+    delta *= (mask / mask.sum(1, keepdim=True).clamp(min=1))[:, None, :, None]
+    return torch.matmul(delta.transpose(-1, -2), x.unsqueeze(1)), delta.sum(2)
+
+
+def padded_batches(orders: list[torch.Tensor], step: int, batch_size: int,
+                   device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row indices (G, B) of each group's ``step``-th batch, padded to the longest, and the 0/1 mask."""
+    rows = [order[step * batch_size:(step + 1) * batch_size] for order in orders]
+    width = max(1, max(len(r) for r in rows))
+    idx = torch.zeros((len(rows), width), dtype=torch.long, device=device)
+    mask = torch.zeros((len(rows), width), device=device)
+    for g, r in enumerate(rows):
+        idx[g, :len(r)], mask[g, :len(r)] = r, 1
+    return idx, mask
+
+
+def train_one_epoch(stack: HeadStack, x: Features, y: torch.Tensor, groups: list[torch.Tensor],
+                    generators: list[torch.Generator], per_group: int, lrs: torch.Tensor, cfg: TrainParams) -> None:
+    """One pass of every group's shuffled mini-batches, every head of a group on the same batches."""
+    device = y.device
+    orders = [rows[torch.randperm(len(rows), generator=g).to(device)] for rows, g in zip(groups, generators)]
+    steps = max(math.ceil(len(order) / cfg.batch_size) for order in orders)
+    for step in range(steps):
+        idx, mask = padded_batches(orders, step, cfg.batch_size, device)
+        xb = take_rows(x, idx, device)
+        shape = (len(groups), per_group, *stack.weight.shape[1:])
+        grad_w, grad_b = cross_entropy_gradients(xb, y[idx], mask, stack.weight.view(shape),
+                                                 stack.bias.view(*shape[:3]))
+        active = (mask.sum(1) > 0).repeat_interleave(per_group)
+        sgd_step(stack, grad_w.flatten(0, 1), grad_b.flatten(0, 1), lrs, active, cfg.momentum, cfg.weight_decay)
+
+
+@torch.inference_mode()
+def evaluate(stack: HeadStack, x: Features, y: torch.Tensor, groups: list[torch.Tensor],
+             per_group: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per head: mean cross-entropy and accuracy over its group's rows ``groups[g]``; shape (K,)."""
+    losses, accuracies = [], []
+    for g, rows in enumerate(groups):
+        heads = slice(g * per_group, (g + 1) * per_group)
+        loss_sum = torch.zeros(per_group, device=y.device)
+        correct = torch.zeros(per_group, device=y.device)
+        chunk = max(1, EVALUATION_CELLS // max(1, x.shape[1]))
+        for start in range(0, len(rows), chunk):
+            part = rows[start:start + chunk]
+            logits = torch.matmul(take_rows(x, part, y.device), stack.weight[heads].transpose(-1, -2))
+            logits += stack.bias[heads].unsqueeze(1)  # (P, n, C)
+            target = y[part].expand(per_group, -1)
+            loss_sum += torch.nn.functional.cross_entropy(logits.transpose(1, 2), target, reduction="none").sum(1)
+            correct += (logits.argmax(-1) == target).sum(1)
+        n = max(1, len(rows))
+        losses.append(loss_sum / n)
+        accuracies.append(correct / n)
+    return torch.cat(losses).cpu(), torch.cat(accuracies).cpu()
+
+
+def fit_heads(x: Features, y: torch.Tensor, groups: list[RowGroup], n_classes: int, cfg: TrainParams, seed: int,
+              history: bool = False, progress: Callable[[int, dict], None] | None = None,
+              first_group: int = 0) -> FitResult:
+    """Train ``len(cfg.lrs)`` heads on each group's train rows until every head's validation loss
+    has not improved for ``cfg.patience`` epochs (or ``cfg.max_epochs``).
+
+    Group ``g``'s batch order comes from a generator seeded with ``seed + first_group + g``, so
+    groups can be trained in chunks (``first_group``: the chunk's first group) with the result
+    of training them all at once."""
+    device, per_group = y.device, len(cfg.lrs)
+    k = len(groups) * per_group
+    stack = HeadStack(k, x.shape[1], n_classes, seed, device)
+    lrs = torch.tensor([lr for _ in groups for lr in cfg.lrs], device=device)
+    train_rows = [torch.as_tensor(g.train, dtype=torch.long, device=device) for g in groups]
+    val_rows = [torch.as_tensor(g.val, dtype=torch.long, device=device) for g in groups]
+    generators = [torch.Generator().manual_seed(seed + first_group + i) for i in range(len(groups))]
     best_loss, best_epoch = [math.inf] * k, [0] * k
-    best_states = [heads.head_state(i) for i in range(k)]
-    stopped_at: list[int | None] = [None] * k
-    history: list[dict[str, list[float]]] = []
-    for epoch in range(1, max_epochs + 1):
-        train_one_epoch(heads, optimizer, *train, batch_size, generator)
-        (train_loss, train_acc), (val_loss, val_acc) = evaluate(heads, *train), evaluate(heads, *val)
-        history.append({"train_loss": train_loss.tolist(), "train_accuracy": train_acc.tolist(),
-                        "val_loss": val_loss.tolist(), "val_accuracy": val_acc.tolist()})
+    best_heads = [stack.head(i) for i in range(k)]
+    stopped: list[int | None] = [None] * k
+    rows_seen: list[dict[str, list[float]]] = []
+    cores = usable_cores() if device.type == "cpu" else torch.get_num_threads()
+    for epoch in range(1, cfg.max_epochs + 1):
+        with torch_threads(1 if device.type == "cpu" else cores):
+            train_one_epoch(stack, x, y, train_rows, generators, per_group, lrs, cfg)
+        with torch_threads(cores):
+            val_loss, val_acc = evaluate(stack, x, y, val_rows, per_group)
+            if history:
+                train_loss, train_acc = evaluate(stack, x, y, train_rows, per_group)
+                rows_seen.append({"train_loss": train_loss.tolist(), "train_accuracy": train_acc.tolist(),
+                                  "val_loss": val_loss.tolist(), "val_accuracy": val_acc.tolist()})
         for i in range(k):
-            if stopped_at[i] is not None:
+            if stopped[i] is not None:
                 continue
             if val_loss[i] < best_loss[i]:
-                best_loss[i], best_epoch[i], best_states[i] = float(val_loss[i]), epoch, heads.head_state(i)
-            elif epoch - best_epoch[i] >= patience:
-                stopped_at[i] = epoch
+                best_loss[i], best_epoch[i], best_heads[i] = float(val_loss[i]), epoch, stack.head(i)
+            elif epoch - best_epoch[i] >= cfg.patience:
+                stopped[i] = epoch
         if progress is not None:
-            progress(epoch, history[-1])
-        if all(s is not None for s in stopped_at):
+            progress(epoch, {"val_loss": val_loss.tolist()})
+        if all(s is not None for s in stopped):
             break
-    epochs_run = [s if s is not None else len(history) for s in stopped_at]
-    return FitResult(best_states, best_epoch, best_loss, epochs_run, history)
+    epochs_run = [s if s is not None else epoch for s in stopped]
+    return FitResult(best_heads, best_epoch, best_loss, epochs_run, rows_seen)
 
 
-MODEL_FORMAT = "plankton-transfer-head/1"
-
-
-def save_model_file(record: dict, path) -> None:
-    """Save a trained head with all it needs for later use (see stages/train.py)."""
-    with atomic_path(path) as tmp:
-        torch.save({"format": MODEL_FORMAT, **record}, tmp)
-
-
-def load_model_file(path) -> dict:
-    """Load a model file with ``weights_only=True``: plain tensors and strings, no code."""
-    record = load_state_dict_file(path)
-    if record.get("format") != MODEL_FORMAT:
-        raise UserError(f"{path} is not a model file of this pipeline (format {record.get('format')!r}); "
-                        "train it with the train stage")
-    return record
-
-
-def head_logits(record: dict, features: np.ndarray) -> np.ndarray:
-    """Raw scores (logits) of a model file's trained head for (N, D) feature rows."""
-    weight = record["head"]["weight"].numpy()
-    bias = record["head"]["bias"].numpy()
-    return np.asarray(features, dtype=np.float32) @ weight.T + bias
-
-
-def head_temperature(record: dict) -> float:
-    """The temperature fitted on the validation set by the train stage (1: a file without one)."""
-    return float((record.get("calibration") or {}).get("temperature", 1.0))
-
-
-def head_probabilities(record: dict, features: np.ndarray, calibrated: bool = True) -> np.ndarray:
-    """Class probabilities of a model file's trained head for (N, D) feature rows: temperature-scaled
-    (plankton_transfer/evaluation/calibration.py) unless ``calibrated=False``; the arg-max is the same."""
-    temperature = head_temperature(record) if calibrated else 1.0
-    return softmax(head_logits(record, features) / np.float32(temperature), axis=1)
+def best_of(result: FitResult, group: int, per_group: int) -> int:
+    """The head of ``group`` (one per learning rate) with the lowest validation loss; the test
+    split is never looked at."""
+    heads = range(group * per_group, (group + 1) * per_group)
+    return min(heads, key=lambda k: result.best_val_loss[k])

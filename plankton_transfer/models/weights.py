@@ -10,7 +10,8 @@ Every file is checked against its full sha256: pinned in the registry where it i
 otherwise recorded in ``<pretrained.dir>/<backbone>/SHA256SUMS`` (``sha256sum`` format) by
 the fetch command when it downloaded the file from the official HTTPS URL. The 8 hex
 digits in torch hub file names (32 bits) are checked too, but never trusted alone. Files
-load with ``torch.load(weights_only=True)``: a weight file never runs code.
+load with ``torch.load(weights_only=True)`` (plankton_transfer/models/torch_files.py): a weight
+file never runs code.
 
 The torch hub cache and the official URL are sources for the fetch command only
 (``plankton-fetch-weights``), which verifies the file and copies it into the project folder.
@@ -20,10 +21,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import importlib.util
-import pickle
 import re
-import struct
-import zipfile
 import socket
 import sys
 import urllib.error
@@ -31,7 +29,7 @@ import urllib.request
 from pathlib import Path
 
 from plankton_transfer.errors import UserError
-from plankton_transfer.params import PretrainedParams
+from plankton_transfer.params.pretrained import PretrainedParams
 
 HASH_IN_NAME = re.compile(r"-([a-f0-9]{6,})\.")
 LOCK_FILE = "SHA256SUMS"
@@ -91,7 +89,11 @@ def sha256_of(path: Path) -> str:
 
 def model_folder(cfg: PretrainedParams, name: str) -> Path:
     """``<pretrained.dir>/<backbone>``: the folder ``extract@<backbone>`` depends on."""
-    return Path(cfg.dir) / name
+    root = Path(cfg.dir)
+    if root.exists() and not root.is_dir():
+        raise UserError(f"pretrained.dir is {cfg.dir!r}, a file, not a folder; set it to the weights folder "
+                        "(default data/pretrained)")
+    return root / name
 
 
 def read_lock(folder: Path) -> dict[str, str]:
@@ -99,8 +101,13 @@ def read_lock(folder: Path) -> dict[str, str]:
     lock = folder / LOCK_FILE
     if not lock.is_file():
         return {}
+    try:
+        text = lock.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise UserError(f"{lock} is not UTF-8 text (saved by an editor in another encoding?); write it again as "
+                        "'<sha256>  <file name>' lines in UTF-8, or delete it and fetch the weights again") from None
     entries = {}
-    for number, line in enumerate(lock.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip() or line.startswith("#"):
             continue
         parts = line.split(maxsplit=1)
@@ -209,35 +216,3 @@ def download(url: str, dest: Path, timeout_s: float) -> None:
                 out.write(block)
     finally:
         socket.setdefaulttimeout(previous)
-
-
-def load_state_dict_file(path: str | Path) -> dict:
-    """Load tensors only (``weights_only=True``): a pickle that would run code is refused.
-
-    Every failure is one line saying what the file is and what to do; torch's own advice to
-    load with ``weights_only=False`` (which would run the file's code) is never passed on.
-    """
-    import torch
-
-    path = Path(path)
-    if not path.exists():
-        raise UserError(f"{path} not found; check the path")
-    if path.is_dir():
-        raise UserError(f"{path} is a folder, not a weight or model file; give the file's path")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        if "weights only" in str(err).lower():
-            raise UserError(f"{path} holds Python objects other than tensors and was not loaded (loading it could "
-                            "run code); use a file saved as plain tensors") from None
-        raise UserError(f"{path} is not a PyTorch weight or model file (damaged, truncated or another format); "
-                        "fetch or train it again") from None
-    # what torch's readers raise on arbitrary bytes (measured on text, truncated and random files)
-    except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError, TypeError, struct.error,
-            zipfile.BadZipFile):
-        raise UserError(f"{path} is not a readable PyTorch file (truncated, damaged or another format); "
-                        "fetch or train it again") from None
-    if not isinstance(state, dict):
-        raise UserError(f"{path} holds a {type(state).__name__}, not the dictionary of tensors of a weight or model "
-                        "file; give the official weight file or a model file from the train stage")
-    return state

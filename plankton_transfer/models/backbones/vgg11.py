@@ -1,0 +1,6 @@
+"""VGG11 (torchvision), the study's second model: the 4096-d output of fc7.
+
+Its sha256 is not pinned: the fetch command records it in data/pretrained/vgg11/SHA256SUMS."""
+from plankton_transfer.models.backbones._entries import torchvision_classifier
+
+BACKBONE = torchvision_classifier("vgg11", "vgg11-8a719046.pth")
