@@ -58,7 +58,9 @@ class, so the unknown share is always missed) and with rejection at the validati
 Pooled intervals over repeats: a two-level bootstrap. Each draw resamples the repeats (which
 classes were held out, usually the larger source of variation) and, within each drawn repeat,
 its known and unknown images; the statistic is the mean over the drawn repeats. The point
-estimate is the mean over repeats.
+estimate is the mean over repeats. Each repeat's head, scorers and validation thresholds stay
+as fitted (refitting them per draw would multiply the cost by the number of draws), so the
+intervals leave out the variation of the thresholds themselves.
 
 Default score (:func:`choose_default_score`): chosen without the test split, by the highest
 mean AUROC of a leave-classes-out run evaluated on the validation split
