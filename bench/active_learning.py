@@ -21,7 +21,8 @@ head trained on the whole pool, mean over seeds), against random, paired by seed
     python -m bench.active_learning --synthetic 17,200,256 --out results/al-synthetic
 
 ``--out`` is a folder: active_learning.md (tables), rounds.csv (one row per seed, strategy and
-round), summary.csv (one row per strategy) and full_pool.csv (the head on the whole pool, per seed).
+round), summary.csv (one row per strategy), full_pool.csv (the head on the whole pool, per seed)
+and test_predictions.npz (every round's test predictions, behind the bootstrap intervals).
 
 ``unknown_first`` needs an unknown score from outside (an open-set detector) that this
 simulation does not have: it is given a stand-in, each pool image's distance to the nearest
@@ -36,6 +37,7 @@ import math
 import shlex
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -164,8 +166,12 @@ def logits_of(weight: np.ndarray, bias: np.ndarray, x: np.ndarray) -> np.ndarray
     return np.asarray(x, dtype=np.float32) @ weight.T + bias
 
 
+def predict(weight: np.ndarray, bias: np.ndarray, x: np.ndarray) -> np.ndarray:
+    return logits_of(weight, bias, x).argmax(axis=1)
+
+
 def scores(weight: np.ndarray, bias: np.ndarray, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
-    pred = logits_of(weight, bias, x).argmax(axis=1)
+    pred = predict(weight, bias, x)
     labels = np.arange(weight.shape[0])
     return {"macro_f1": float(skm.f1_score(y, pred, labels=labels, average="macro", zero_division=0)),
             "balanced_accuracy": balanced_accuracy(y, pred), "accuracy": float((pred == y).mean())}
@@ -181,15 +187,16 @@ def unknown_stand_in(x_pool: np.ndarray, x_labelled: np.ndarray, y_labelled: np.
 
 
 def simulate(data: Data, strategy: str, seed: int, settings: Settings, trainer: Trainer = train_head,
-             log: Callable[[str], None] | None = None) -> tuple[list[dict], list[np.ndarray]]:
-    """One strategy's loop for one seed: a row per round (round 0: the initial labels) and the
-    labelled pool indices after each round. Only the pool (train) is ever offered to the
-    strategy; val is for early stopping and calibration, test for scoring."""
+             log: Callable[[str], None] | None = None) -> tuple[list[dict], list[np.ndarray], np.ndarray]:
+    """One strategy's loop for one seed: a row per round (round 0: the initial labels), the
+    labelled pool indices after each round and the test predictions of each round (rounds x
+    test images). Only the pool (train) is ever offered to the strategy; val is for early
+    stopping and calibration, test for scoring."""
     x_pool, y_pool = data.x["train"], data.y["train"]
     x_val, y_val, x_test, y_test = data.x["val"], data.y["val"], data.x["test"], data.y["test"]
     classes = len(data.classes)
     labelled = initial_labels(y_pool, settings.start_per_class, seed)
-    rows, history = [], []
+    rows, history, preds = [], [], []
     for rnd in range(settings.rounds + 1):
         history.append(labelled.copy())
         start = time.perf_counter()
@@ -199,6 +206,7 @@ def simulate(data: Data, strategy: str, seed: int, settings: Settings, trainer: 
         row = {"seed": seed, "strategy": strategy, "round": rnd, "labelled": len(labelled),
                **scores(weight, bias, x_test, y_test), "train_seconds": train_seconds, "select_seconds": float("nan")}
         rows.append(row)
+        preds.append(predict(weight, bias, x_test))
         if log:
             log(f"{strategy:>16} seed {seed} round {rnd:2d}: {len(labelled):5d} labels, macro-F1 {row['macro_f1']:.3f}, "
                 f"retrain {train_seconds:.2f} s")
@@ -214,7 +222,7 @@ def simulate(data: Data, strategy: str, seed: int, settings: Settings, trainer: 
                            labelled_features=x_pool[labelled], unknown_score=unknown, seed=seed * 100_003 + rnd)
         row["select_seconds"] = time.perf_counter() - start
         labelled = np.sort(np.concatenate([labelled, rest[picked]]))
-    return rows, history
+    return rows, history, np.stack(preds)
 
 
 # --- summaries ------------------------------------------------------------------------------
@@ -272,6 +280,55 @@ def summarise(rounds: pd.DataFrame, target: float, baseline: str = "random") -> 
     return pd.DataFrame(out)
 
 
+def macro_f1_many(y_true: np.ndarray, preds: np.ndarray, classes: int) -> np.ndarray:
+    """Macro-F1 of each row of ``preds`` (K x n) against ``y_true`` (n), as scikit-learn's
+    ``f1_score(labels=range(classes), average="macro", zero_division=0)``, in one pass."""
+    k = len(preds)
+    codes = np.arange(k)[:, None] * classes + preds
+    tp = np.bincount(codes[preds == y_true[None, :]], minlength=k * classes).reshape(k, classes)
+    predicted = np.bincount(codes.ravel(), minlength=k * classes).reshape(k, classes)
+    denominator = predicted + np.bincount(y_true, minlength=classes)[None, :]
+    f1 = np.divide(2.0 * tp, denominator, out=np.zeros((k, classes)), where=denominator > 0)
+    return f1.mean(axis=1)
+
+
+def joint_bootstrap(preds: np.ndarray, y_test: np.ndarray, classes: int, labelled: np.ndarray, target: float,
+                    strategies: list[str], resamples: int, seed: int = 0) -> pd.DataFrame:
+    """Percentile intervals that also vary the test images: each resample draws the seeds with
+    replacement and the test images with replacement within their class (the class counts
+    stay), rescores every round's stored predictions, and recomputes each strategy's labels
+    saved against random and its difference in mean macro-F1 over the rounds.
+
+    ``preds``: (strategies, seeds, rounds, test images); ``labelled``: labels per round."""
+    n_strategies, n_seeds, n_rounds, n_test = preds.shape
+    flat = preds.reshape(-1, n_test)
+    base = strategies.index("random")
+    by_class = [np.flatnonzero(y_test == c) for c in np.unique(y_test)]
+    rng = np.random.default_rng([seed, 2])
+    saved = np.full((resamples, n_strategies), np.nan)
+    diff = np.full((resamples, n_strategies), np.nan)
+    for b in range(resamples):
+        idx = np.concatenate([rng.choice(members, size=len(members)) for members in by_class])
+        f1 = macro_f1_many(y_test[idx], flat[:, idx], classes).reshape(n_strategies, n_seeds, n_rounds)
+        f1 = f1[:, rng.integers(n_seeds, size=n_seeds)]
+        aulc = f1.mean(axis=2)
+        diff[b] = (aulc - aulc[base]).mean(axis=1)
+        reached = f1 >= target
+        labels = np.where(reached.any(axis=2), labelled[reached.argmax(axis=2)], np.nan)
+        gap = labels[base] - labels
+        counted = np.isfinite(gap).sum(axis=1)
+        saved[b] = np.where(counted > 0, np.nansum(gap, axis=1) / np.maximum(counted, 1), np.nan)
+    tail = 50 * (1 - CONFIDENCE)
+    with warnings.catch_warnings():  # a strategy that never reached the target: all-NaN, an interval of NaN
+        warnings.simplefilter("ignore", RuntimeWarning)
+        saved_lo, saved_hi = np.nanpercentile(saved, [tail, 100 - tail], axis=0)
+        diff_lo, diff_hi = np.nanpercentile(diff, [tail, 100 - tail], axis=0)
+    return pd.DataFrame({"strategy": strategies, "saved_joint_lo": saved_lo, "saved_joint_hi": saved_hi,
+                         "saved_joint_defined": np.isfinite(saved).mean(axis=0),
+                         "aulc_diff_joint_lo": diff_lo, "aulc_diff_joint_hi": diff_hi,
+                         "resamples": resamples})
+
+
 def curve(rounds: pd.DataFrame, metric: str) -> pd.DataFrame:
     """Mean [interval] of ``metric`` per round (rows) and strategy (columns)."""
     cells = {}
@@ -315,25 +372,50 @@ def report(data: Data, settings: Settings, seeds: list[int], full: pd.DataFrame,
         f"- full pool ({pool} labels): macro-F1 {fmt(*full_f1[:3], digits=3)}; target: {target_fraction:.0%} of its "
         f"mean = **{target:.3f}**",
         f"- intervals: {CONFIDENCE:.0%} t intervals over the {len(seeds)} seeds (the seed sets the initial labels, "
-        "the head's initialisation and batch order, and random picks); 'saved' is paired by seed, over the seeds "
+        "the head's initialisation and batch order, and random picks); 'labels needed' averages the seeds that "
+        "reached the target within the budget; 'saved' is paired by seed, over the seeds "
         "where both strategies reach the target; labels are counted at round granularity "
-        f"({settings.per_round} per round)", "",
+        f"({settings.per_round} per round). The t intervals hold the test split fixed: the columns 'test images "
+        f"resampled too' are {CONFIDENCE:.0%} percentile intervals of {int(summary['resamples'].iloc[0])} resamples "
+        "that also draw the test images with replacement within their class (and the seeds with replacement), "
+        "so they include the noise of a small test split",
+        "- 'mean macro-F1 over rounds' is the area under the learning curve (rounds weighted equally); its "
+        "difference vs random is paired by seed", "",
         "## Labels needed to reach the target macro-F1", "",
     ]
+    def cells(prefix: str, digits: int, share: bool = False) -> list[str]:
+        out = []
+        for _, r in summary.iterrows():
+            text = fmt(r[f"{prefix}_mean"], r[f"{prefix}_lo"], r[f"{prefix}_hi"], digits, sign=True)
+            if share and np.isfinite(r["saved_share"]):
+                text += f" ({r['saved_share']:+.0%})"
+            out.append(text)
+        return out
+
+    def joint(prefix: str, digits: int) -> list[str]:
+        """The bootstrap interval; for labels saved only where the seeds' estimate exists, with the
+        share of resamples in which both strategies reached the target when it is under 95 %."""
+        f, out = f"{{:+.{digits}f}}", []
+        for _, r in summary.iterrows():
+            lo, hi = r[f"{prefix}_joint_lo"], r[f"{prefix}_joint_hi"]
+            if not (np.isfinite(lo) and np.isfinite(r[f"{prefix}_mean"])):
+                out.append("-")
+                continue
+            defined = r["saved_joint_defined"] if prefix == "saved" else 1.0
+            out.append(f"[{f.format(lo)}, {f.format(hi)}]" + (f" (in {defined:.0%})" if defined < 0.95 else ""))
+        return out
+
     head = pd.DataFrame({
         "strategy": summary["strategy"],
         "seeds reaching target": [f"{r}/{s}" for r, s in zip(summary["reached"], summary["seeds"])],
         "labels needed": [fmt(m, lo, hi) for m, lo, hi in zip(summary["labels_mean"], summary["labels_lo"],
                                                               summary["labels_hi"])],
-        "saved vs random": [fmt(m, lo, hi, sign=True) + (f" ({sh:+.0%})" if np.isfinite(sh) else "")
-                            for m, lo, hi, sh in zip(summary.get("saved_mean", []), summary.get("saved_lo", []),
-                                                     summary.get("saved_hi", []), summary.get("saved_share", []))]
-        if "saved_mean" in summary else "-",
+        "saved vs random": cells("saved", 0, share=True),
+        "saved, test images resampled too": joint("saved", 0),
         "mean macro-F1 over rounds": [fmt(m, lo, hi, 3) for m, lo, hi in zip(summary["aulc_mean"], summary["aulc_lo"],
                                                                              summary["aulc_hi"])],
-        "difference vs random": [fmt(m, lo, hi, 3, sign=True) for m, lo, hi in
-                                 zip(summary.get("aulc_diff_mean", []), summary.get("aulc_diff_lo", []),
-                                     summary.get("aulc_diff_hi", []))] if "aulc_diff_mean" in summary else "-",
+        "difference vs random": cells("aulc_diff", 3),
+        "difference, test images resampled too": joint("aulc_diff", 3),
     })
     lines += [markdown_table(head), "",
               "## Test macro-F1 per round (mean [interval] over seeds)", "", markdown_table(curve(rounds, "macro_f1")), "",
@@ -375,6 +457,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--max-epochs", type=int, default=100, help="the head's epoch cap (the study's 100)")
     ap.add_argument("--target", type=float, default=0.9, help="target macro-F1 as a fraction of the full pool's")
+    ap.add_argument("--resamples", type=int, default=1000, help="resamples of the seeds-and-test-images bootstrap")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1: tiny heads run fastest on one)")
     return ap.parse_args(argv)
 
@@ -386,7 +469,7 @@ def main(argv: list[str] | None = None) -> None:
                                    if s.strip() and s.strip() != "random"]
     except ValueError as err:
         raise UserError(str(err)) from None
-    for name in ("seeds", "start_per_class", "rounds", "max_epochs", "threads"):
+    for name in ("seeds", "start_per_class", "rounds", "max_epochs", "threads", "resamples"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     if not 0 < args.target <= 1:
@@ -413,19 +496,27 @@ def main(argv: list[str] | None = None) -> None:
     full_df = pd.DataFrame(full)
     target = args.target * float(full_df["macro_f1"].mean())
 
-    rows = []
+    rows, preds = [], []
     try:
         for strategy in strategies:
             for seed in seeds:
-                rows += simulate(data, strategy, seed, settings, log=log)[0]
+                strategy_rows, _, strategy_preds = simulate(data, strategy, seed, settings, log=log)
+                rows += strategy_rows
+                preds.append(strategy_preds)
     except ValueError as err:
         raise UserError(f"selection failed: {err}") from None
     rounds = pd.DataFrame(rows)
-    summary = summarise(rounds, target)
+    preds_array = np.stack(preds).reshape(len(strategies), len(seeds), *preds[0].shape)
+    labelled = rounds[(rounds["strategy"] == "random") & (rounds["seed"] == seeds[0])]["labelled"].to_numpy()
+    boot = joint_bootstrap(preds_array, data.y["test"], len(data.classes), labelled, target, strategies,
+                           args.resamples)
+    summary = summarise(rounds, target).merge(boot, on="strategy")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rounds.to_csv(out / "rounds.csv", index=False)
     full_df.to_csv(out / "full_pool.csv", index=False)
+    np.savez_compressed(out / "test_predictions.npz", predictions=preds_array, y_test=data.y["test"],
+                        strategies=np.array(strategies), seeds=np.array(seeds), labelled=labelled)
     summary.assign(target=target).to_csv(out / "summary.csv", index=False)
     command = "python -m bench.active_learning " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     text = report(data, settings, seeds, full_df, args.target, target, rounds, summary, command)

@@ -157,7 +157,7 @@ def test_two_rounds_of_the_loop_grow_the_labelled_set_from_the_pool_only(monkeyp
     settings = al.Settings(start_per_class=2, per_round=4, rounds=2, max_epochs=3)
     for strategy in ("margin", "kcenter", "unknown_first", "random"):
         offered.clear(), trained.clear()
-        rows, history = al.simulate(data, strategy, seed=1, settings=settings, trainer=spy_trainer)
+        rows, history, preds = al.simulate(data, strategy, seed=1, settings=settings, trainer=spy_trainer)
         assert [len(h) for h in history] == [6, 10, 14] == [r["labelled"] for r in rows]
         for before, after in zip(history, history[1:]):
             assert len(np.unique(after)) == len(after) and set(before) < set(after)
@@ -167,6 +167,28 @@ def test_two_rounds_of_the_loop_grow_the_labelled_set_from_the_pool_only(monkeyp
             assert not {row.tobytes() for row in features} & test_rows
         assert all(len(o) == len(data.y["train"]) - len(h) for o, h in zip(offered, history))
         assert all(0 <= r["macro_f1"] <= 1 and r["train_seconds"] > 0 for r in rows)
+        assert preds.shape == (3, len(data.y["test"]))
+        assert np.allclose(al.macro_f1_many(data.y["test"], preds, 3), [r["macro_f1"] for r in rows])
+
+
+def test_macro_f1_many_is_scikit_learns_and_the_joint_bootstrap_pairs_strategies():
+    from sklearn.metrics import f1_score
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(4), 5)
+    preds = rng.integers(0, 4, size=(30, len(y)))
+    preds[0] = y
+    preds[1] = 0  # classes never predicted
+    expected = [f1_score(y, p, labels=np.arange(4), average="macro", zero_division=0) for p in preds]
+    assert np.allclose(al.macro_f1_many(y, preds, 4), expected)
+    # random and a copy of it: no difference in any resample; a perfect strategy: always better
+    random_runs = preds[2:8].reshape(2, 3, len(y))  # 2 seeds x 3 rounds
+    perfect = np.broadcast_to(y, random_runs.shape)
+    stacked = np.stack([random_runs, random_runs, perfect])
+    boot = al.joint_bootstrap(stacked, y, 4, np.array([4, 8, 12]), target=0.9,
+                              strategies=["random", "copy", "perfect"], resamples=50)
+    copy, best = boot.set_index("strategy").loc["copy"], boot.set_index("strategy").loc["perfect"]
+    assert copy["aulc_diff_joint_lo"] == copy["aulc_diff_joint_hi"] == 0
+    assert best["aulc_diff_joint_lo"] > 0
 
 
 def test_train_head_is_deterministic_and_shaped_for_the_swap():
