@@ -267,8 +267,11 @@ def summarise(rounds: pd.DataFrame, target: float, baseline: str = "random") -> 
             both = g.index.intersection(base.index)
             saved = base.loc[both, "labels"] - g.loc[both, "labels"]
             row.update(dict(zip(("saved_mean", "saved_lo", "saved_hi", "saved_seeds"), t_interval(saved))))
-            row["saved_share"] = row["saved_mean"] / float(base.loc[both, "labels"].dropna().mean()) \
+            row["saved_share"] = row["saved_mean"] / float(base.loc[saved.dropna().index, "labels"].mean()) \
                 if saved.notna().any() else float("nan")
+            mine, theirs = g.loc[both, "labels"].notna(), base.loc[both, "labels"].notna()
+            row["only_this_reached"] = int((mine & ~theirs).sum())  # left out of 'saved': it saved more than counted
+            row["only_baseline_reached"] = int((~mine & theirs).sum())
             diff = g.loc[both, "mean_macro_f1"] - base.loc[both, "mean_macro_f1"]
             row.update(dict(zip(("aulc_diff_mean", "aulc_diff_lo", "aulc_diff_hi"), t_interval(diff)[:3])))
         row.update(dict(zip(("aulc_mean", "aulc_lo", "aulc_hi"), t_interval(g["mean_macro_f1"], 0, 1)[:3])))
@@ -344,9 +347,12 @@ def curve(rounds: pd.DataFrame, metric: str) -> pd.DataFrame:
 def fmt(mean: float, lo: float, hi: float, digits: int = 0, sign: bool = False) -> str:
     if not np.isfinite(mean):
         return "-"
-    f = f"{{:{'+' if sign else ''}.{digits}f}}"
-    body = f.format(mean)
-    return body + (f" [{f.format(lo)}, {f.format(hi)}]" if np.isfinite(lo) else "")
+    spec = f"{{:{'+' if sign else ''}.{digits}f}}"
+
+    def f(v: float) -> str:
+        return spec.format(round(v, digits) + 0.0)  # + 0.0: no "-0"
+
+    return f(mean) + (f" [{f(lo)}, {f(hi)}]" if np.isfinite(lo) else "")
 
 
 def markdown_table(df: pd.DataFrame) -> str:
@@ -374,7 +380,8 @@ def report(data: Data, settings: Settings, seeds: list[int], full: pd.DataFrame,
         f"- intervals: {CONFIDENCE:.0%} t intervals over the {len(seeds)} seeds (the seed sets the initial labels, "
         "the head's initialisation and batch order, and random picks); 'labels needed' averages the seeds that "
         "reached the target within the budget; 'saved' is paired by seed, over the seeds "
-        "where both strategies reach the target; labels are counted at round granularity "
+        "where both strategies reach the target (a seed where only one does is counted beside it: a saving larger, "
+        "or smaller, than any figure of the interval); labels are counted at round granularity "
         f"({settings.per_round} per round). The t intervals hold the test split fixed: the columns 'test images "
         f"resampled too' are {CONFIDENCE:.0%} percentile intervals of {int(summary['resamples'].iloc[0])} resamples "
         "that also draw the test images with replacement within their class (and the seeds with replacement), "
@@ -383,26 +390,34 @@ def report(data: Data, settings: Settings, seeds: list[int], full: pd.DataFrame,
         "difference vs random is paired by seed", "",
         "## Labels needed to reach the target macro-F1", "",
     ]
+
     def cells(prefix: str, digits: int, share: bool = False) -> list[str]:
         out = []
         for _, r in summary.iterrows():
             text = fmt(r[f"{prefix}_mean"], r[f"{prefix}_lo"], r[f"{prefix}_hi"], digits, sign=True)
             if share and np.isfinite(r["saved_share"]):
                 text += f" ({r['saved_share']:+.0%})"
+            if share and r["only_this_reached"]:
+                text += f"; +{r['only_this_reached']} seed(s) where only this reached it"
+            if share and r["only_baseline_reached"]:
+                text += f"; +{r['only_baseline_reached']} seed(s) where only random reached it"
             out.append(text)
         return out
 
     def joint(prefix: str, digits: int) -> list[str]:
         """The bootstrap interval; for labels saved only where the seeds' estimate exists, with the
         share of resamples in which both strategies reached the target when it is under 95 %."""
-        f, out = f"{{:+.{digits}f}}", []
+        spec, out = f"{{:+.{digits}f}}", []
+
+        def f(v: float) -> str:
+            return spec.format(round(v, digits) + 0.0)
         for _, r in summary.iterrows():
             lo, hi = r[f"{prefix}_joint_lo"], r[f"{prefix}_joint_hi"]
             if not (np.isfinite(lo) and np.isfinite(r[f"{prefix}_mean"])):
                 out.append("-")
                 continue
             defined = r["saved_joint_defined"] if prefix == "saved" else 1.0
-            out.append(f"[{f.format(lo)}, {f.format(hi)}]" + (f" (in {defined:.0%})" if defined < 0.95 else ""))
+            out.append(f"[{f(lo)}, {f(hi)}]" + (f" (in {defined:.0%})" if defined < 0.95 else ""))
         return out
 
     head = pd.DataFrame({
