@@ -48,7 +48,8 @@ from scipy.special import softmax
 from sklearn import metrics as skm
 
 from plankton_transfer.active import STRATEGIES, check_strategy, select
-from plankton_transfer.data.features import load_meta, load_split
+from plankton_transfer.data.features import load_split
+from plankton_transfer.models.provenance import load_meta
 from plankton_transfer.errors import UserError, run_cli
 from plankton_transfer.evaluation.calibration import fit_temperature
 from plankton_transfer.evaluation.metrics import balanced_accuracy
@@ -64,34 +65,20 @@ def train_head(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_va
     """A linear head on (x_train, y_train), early-stopped on (x_val, y_val): (weight (C, D), bias (C,)).
 
     The project's trainer with the study's protocol (params.yaml's ``train`` defaults: SGD lr
-    0.001, momentum 0.9, batch 24, patience 20), as ``train_heads`` in
-    plankton_transfer/models/training.py calls it; ``max_epochs`` replaces the cap of 100.
+    0.001, momentum 0.9, batch 24, patience 20): models/heads.py train_linear_head;
+    ``max_epochs`` replaces the cap of 100.
     ``classes`` defaults to the highest label in either set + 1. Every use of the trainer is in
     this function, so that swapping the trainer changes nothing else.
     """
-    import torch
+    from plankton_transfer.models.heads import train_linear_head
+    from plankton_transfer.params.train import TrainParams
+    from plankton_transfer.runtime import seed_everything, use_deterministic_algorithms
 
-    from plankton_transfer.models.heads import LinearHeads, fit, make_optimizer
-    from plankton_transfer.models.training import best_head
-    from plankton_transfer.params import TrainParams
-    from plankton_transfer.runtime import resolve_device, seed_everything, use_deterministic_algorithms
-
-    cfg = dataclasses.replace(TrainParams(), max_epochs=max_epochs)
-    device = resolve_device(cfg.device)
-    generator = seed_everything(seed)
+    seed_everything(seed)
     use_deterministic_algorithms()
     classes = classes or int(max(np.max(y_train), np.max(y_val))) + 1
-
-    def tensors(x: np.ndarray, y: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        return (torch.from_numpy(np.ascontiguousarray(x, dtype=np.float16)).to(device),
-                torch.from_numpy(np.asarray(y, dtype=np.int64)).to(device))
-
-    heads = LinearHeads(len(cfg.lrs), x_train.shape[1], classes, seed).to(device)
-    optimizer = make_optimizer(heads, cfg.lrs, cfg.momentum, cfg.weight_decay)
-    result = fit(heads, optimizer, tensors(x_train, y_train), tensors(x_val, y_val), cfg.batch_size, cfg.max_epochs,
-                 cfg.patience, generator)
-    state = result.best_states[best_head(result)]
-    return state["weight"].numpy().astype(np.float32), state["bias"].numpy().astype(np.float32)
+    head = train_linear_head(x_train, y_train, x_val, y_val, classes, TrainParams(max_epochs=max_epochs), seed)
+    return head.weight.numpy().astype(np.float32), head.bias.numpy().astype(np.float32)
 
 
 Trainer = Callable[..., tuple[np.ndarray, np.ndarray]]
@@ -114,8 +101,7 @@ def load_features(folder: str | Path) -> Data:
         features, labels = load_split(folder, split)
         x[split], y[split] = np.asarray(features), np.asarray(labels, dtype=np.int64)
     meta = load_meta(folder)
-    return Data(x, y, list(meta["classes"]), f"features {folder} ({meta.get('backbone', '?')}, "
-                f"{meta.get('feature_dim', x['train'].shape[1])}-d)")
+    return Data(x, y, list(meta.classes), f"features {folder} ({meta.backbone}, {meta.feature_dim}-d)")
 
 
 def synthetic_data(classes: int, per_class: int, dim: int, separation: float = 4.0, imbalance: float = 1.0,

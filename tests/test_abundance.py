@@ -79,26 +79,6 @@ def test_em_with_a_zero_in_the_source_prior_still_converges():
     assert converged and np.isclose(prior.sum(), 1) and prior[2] < 1e-6
 
 
-def test_the_formulas_agree_with_quapy_where_it_is_installed():
-    aggregative = pytest.importorskip("quapy.method.aggregative")
-    rng = np.random.default_rng(0)
-    mu = np.array([-2.0, 0.0, 2.0])
-    y_val, y_test = rng.integers(0, 3, 600), rng.choice(3, 2000, p=[0.6, 0.3, 0.1])
-
-    def posteriors(y):
-        logit = -0.5 * (rng.normal(mu[y], 1.0)[:, None] - mu[None]) ** 2
-        return np.exp(logit) / np.exp(logit).sum(axis=1, keepdims=True)
-
-    p_val, p_test = posteriors(y_val), posteriors(y_test)
-    rates = confusion_rates(y_val, p_val.argmax(axis=1), 3)
-    assert np.allclose(rates, aggregative.ACC.getPteCondEstim(np.arange(3), y_val, p_val.argmax(axis=1)))
-    q = np.bincount(p_test.argmax(axis=1), minlength=3) / len(y_test)
-    theirs = aggregative.ACC.solve_adjustment(rates, q, method="inversion", solver="exact-raise")
-    assert np.allclose(adjusted_proportions(q, rates), np.clip(theirs, 0, None) / np.clip(theirs, 0, None).sum())
-    ours, _ = em_proportions(p_test, np.full(3, 1 / 3), tol=1e-10)
-    assert np.allclose(ours, aggregative.EMQ.EM(np.full(3, 1 / 3), p_test, 1e-10)[0], atol=1e-6)
-
-
 def test_uniform_and_validation_prior_baselines_by_hand():
     y_test = np.array([0] * 5 + [1] * 3 + [2] * 2)  # 0.5, 0.3, 0.2, 0 of 4 classes
     y_val = np.array([0, 1, 1, 3])  # 0.25, 0.5, 0, 0.25

@@ -231,3 +231,16 @@ def best_of(result: FitResult, group: int, per_group: int) -> int:
     split is never looked at."""
     heads = range(group * per_group, (group + 1) * per_group)
     return min(heads, key=lambda k: result.best_val_loss[k])
+
+
+def train_linear_head(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
+                      n_classes: int, cfg: TrainParams, seed: int, device: torch.device | None = None) -> LinearHead:
+    """One head on in-memory features, early-stopped on (x_val, y_val); the best learning rate of
+    ``cfg.lrs`` on validation loss (the open-set stage's held-out-class heads, the active-learning
+    rounds). The train stage's protocol and trainer, as :func:`fit_heads` runs it."""
+    device = device or torch.device("cpu")
+    x = torch.from_numpy(np.concatenate([np.asarray(x_train, np.float32), np.asarray(x_val, np.float32)])).to(device)
+    y = torch.from_numpy(np.concatenate([y_train, y_val]).astype(np.int64)).to(device)
+    group = RowGroup(np.arange(len(y_train)), np.arange(len(y_train), len(y)))
+    result = fit_heads(x, y, [group], n_classes, cfg, seed)
+    return result.heads[best_of(result, 0, len(cfg.lrs))]
