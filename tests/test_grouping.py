@@ -8,10 +8,10 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFilter
 
 from plankton_transfer.data.grouping import assign_grouped_splits
-from plankton_transfer.data.leakage import near_duplicate_pairs
+from plankton_transfer.data.leakage import near_duplicate_pairs, near_duplicates
 from plankton_transfer.errors import UserError
 from plankton_transfer.params.split import SplitParams
 from stages import filter as filter_stage
@@ -53,7 +53,7 @@ def filtered(tmp_path_factory):
 
 
 def run_split(root, name: str, **split) -> tuple[pd.DataFrame, dict, pd.DataFrame]:
-    params = write_params(root / f"{name}.yaml", split=split)
+    params = write_params(root / f"{name}.yaml", data={"raw": str(root / "raw")}, split=split)
     out = root / name
     split_stage.main(["--manifest", str(root / "manifest.csv"), "--out-dir", str(out / "split"),
                       "--report", str(out / "report.json"),
@@ -74,6 +74,7 @@ def test_without_grouping_copies_straddle_splits_and_every_pair_is_reported(filt
     assert {tuple(sorted(p)) for p in zip(pairs["path_a"], pairs["path_b"])} == straddling
     assert metrics["leakage"]["near_duplicate_pairs"] == len(straddling) == len(pairs)
     assert (pairs["split_a"] != pairs["split_b"]).all() and (pairs["distance"] <= 4).all()
+    assert pairs["confirmed"].all() and (pairs["similarity"] >= 0.99).all()  # resized, re-encoded: same pixels
     assert base.nunique() == len(CLASSES) * BASES
 
 
@@ -148,3 +149,60 @@ def test_grouped_split_keeps_a_datasets_own_val_split():
     assert (split[manifest["split"] == "val"] == "val").all()
     assert set(split[manifest["split"] == "train"]) == {"train", "test"}
     assert split.groupby(groups).nunique().max() == 1
+
+
+def blob(rng: np.random.Generator) -> Image.Image:
+    """A small dark organism on a plain background: different blobs hash within a few bits."""
+    img = Image.new("RGB", (90, 90), (235, 235, 235))
+    draw = ImageDraw.Draw(img)
+    cx, cy, rx, ry = 45 + rng.integers(-6, 7), 45 + rng.integers(-6, 7), rng.integers(10, 16), rng.integers(10, 16)
+    draw.ellipse([cx - rx, cy - ry, cx + rx, cy + ry], fill=(40, 40, 40))
+    for _ in range(4):
+        x, y = rng.integers(cx - rx, cx + rx), rng.integers(cy - ry, cy + ry)
+        draw.ellipse([x - 2, y - 2, x + 2, y + 2], fill=(90, 90, 90))
+    return img.filter(ImageFilter.GaussianBlur(1))
+
+
+@pytest.fixture(scope="module")
+def blobs(tmp_path_factory):
+    """Distinct blobs of two classes (hash candidates of one look, not copies); one blob also
+    filed, resized, under the other class (a real label conflict)."""
+    root = tmp_path_factory.mktemp("blobs")
+    rng = np.random.default_rng(3)
+    for cls in ("Detritus", "Egg"):
+        (root / "raw" / cls).mkdir(parents=True)
+        for i in range(12):
+            blob(rng).save(root / "raw" / cls / f"{cls}_{i:02d}.png")
+    Image.open(root / "raw" / "Egg" / "Egg_00.png").resize((80, 80), Image.BILINEAR).save(
+        root / "raw" / "Detritus" / "relabelled.png")
+    params = write_params(root / "params.yaml", data={"raw": str(root / "raw")}, filter={})
+    filter_stage.main(["--manifest", str(root / "manifest.csv"), "--report", str(root / "report.json"),
+                       "--cache-file", str(root / "cache.csv"), "--params", str(params)])
+    return root
+
+
+def test_hash_candidates_are_confirmed_by_pixels_so_lookalike_blobs_are_not_leakage(blobs):
+    _, metrics, pairs = run_split(blobs, "blobs_plain")
+    lookalike = pairs[pairs["path_a"].str.contains("relabelled") == pairs["path_b"].str.contains("relabelled")]
+    assert not lookalike.empty, "distinct blobs should give hash candidates (else this test shows nothing)"
+    assert not lookalike["confirmed"].any() and (lookalike["similarity"] < 0.99).all()
+    leakage = metrics["leakage"]
+    assert leakage["near_duplicate_pairs"] == int((pairs["confirmed"] & pairs["same_class"]).sum())
+    assert leakage["unconfirmed_candidates"] == int((~pairs["confirmed"]).sum()) >= len(lookalike)
+
+
+def test_one_image_filed_under_two_classes_is_a_label_conflict_not_a_group(blobs):
+    parts, metrics, _ = run_split(blobs, "blobs_grouped", group="near_duplicates")
+    by_path = parts.set_index("path")
+    # nothing confirmed within a class, so no group joins two images: the relabelled copy is not
+    # pulled into the other class's split
+    assert parts["group"].nunique() == len(parts)
+    report = json.loads((blobs / "blobs_grouped" / "report.json").read_text())
+    assert report["grouping"]["grouped_images"] == 0
+    conflict = by_path.loc["Detritus/relabelled.png", "split"] != by_path.loc["Egg/Egg_00.png", "split"]
+    assert metrics["leakage"]["label_conflict_pairs"] == int(conflict)
+    manifest = pd.read_csv(blobs / "manifest.csv", keep_default_na=False)
+    found = near_duplicates(manifest, 4, 0.99, lambda path: Image.open(blobs / "raw" / path).convert("RGB"))
+    confirmed = found[found["confirmed"]]
+    assert sorted(confirmed[["path_a", "path_b"]].iloc[0]) == ["Detritus/relabelled.png", "Egg/Egg_00.png"]
+    assert len(confirmed) == 1 and not confirmed["same_class"].iloc[0]

@@ -4,8 +4,8 @@ Images from one sample, bin or cruise are correlated, and consecutive frames of 
 are near-copies; split apart, they let the test set measure memory instead of recognition.
 ``split.group`` names what belongs together:
 
-- ``near_duplicates``: clusters of images linked by near-duplicate perceptual hashes
-  (plankton_transfer/data/leakage.py);
+- ``near_duplicates``: clusters of images of one class linked by confirmed near-duplicate
+  pairs (hash candidates whose pixels agree, plankton_transfer/data/leakage.py);
 - a regular expression searched in each image's relative path, whose first capture group is
   the group id (an IFCB sample: ``(D\\d{8}T\\d{6}_IFCB\\d+)``); a path it does not match is a
   group of its own.
@@ -24,24 +24,25 @@ import pandas as pd
 import regex
 
 from plankton_transfer.data.split_files import SPLITS
-from plankton_transfer.data.leakage import clusters, near_duplicate_pairs
+from plankton_transfer.data.leakage import clusters, confirmed_same_class
 from plankton_transfer.errors import UserError
 from plankton_transfer.params.split import SplitParams, check_group_pattern
 
 
 
-def group_ids(manifest: pd.DataFrame, cfg: SplitParams) -> tuple[pd.Series | None, dict]:
-    """Each row's group id (None for ``split.group: none``) and a summary for the report."""
+def group_ids(manifest: pd.DataFrame, cfg: SplitParams, pairs: pd.DataFrame) -> tuple[pd.Series | None, dict]:
+    """Each row's group id (None for ``split.group: none``) and a summary for the report;
+    ``pairs``: the manifest's near-duplicate candidates (leakage.near_duplicates)."""
     if cfg.group == "none":
         return None, {"mode": "none"}
     paths = manifest["path"].astype(str)
     if cfg.group == "near_duplicates":
-        pairs = near_duplicate_pairs(manifest["phash"], cfg.near_duplicate_distance)
-        cluster = clusters(len(manifest), pairs)
+        cluster = clusters(len(manifest), confirmed_same_class(pairs))
         sizes = np.bincount(cluster)
         ids = pd.Series([f"near-duplicates {c}" if sizes[c] > 1 else p for c, p in zip(cluster, paths)],
                         index=manifest.index)
-        summary = {"mode": "near_duplicates", "near_duplicate_distance": cfg.near_duplicate_distance}
+        summary = {"mode": "near_duplicates", "near_duplicate_distance": cfg.near_duplicate_distance,
+                   "near_duplicate_similarity": cfg.near_duplicate_similarity}
     else:
         check_group_pattern(cfg.group)
         matches = search_each(cfg.group, paths)

@@ -7,9 +7,9 @@ Two modes (``extract.preprocess``):
   the image's border colour, so long, thin organisms are not cut off and the padding matches
   the background (light for FlowCam/ZooScan, dark for dark-field).
 
-The letterbox geometry (:func:`letterbox_geometry`, Pillow's ``ImageOps.pad`` exactly) and the
-padding colour (:func:`border_colour`) are written once and used by the Pillow path (CPU
-workers) and the tensor path (images decoded on the GPU) alike. :func:`describe_preprocessing`
+The letterbox geometry and padding colour are written once (data/letterbox.py) and used by the
+Pillow path (CPU workers), the tensor path (images decoded on the GPU) and the near-duplicate
+check alike. :func:`describe_preprocessing`
 states every step for someone who has only the exported ONNX file, numpy and Pillow.
 
 The CPU side (DataLoader workers) produces uint8 CHW tensors: a quarter of the bytes of
@@ -27,6 +27,7 @@ from torchvision.transforms import v2
 
 from plankton_transfer.data.images import BadImage
 from plankton_transfer.data.input_spec import Preprocess
+from plankton_transfer.data.letterbox import border_colour, letterbox_geometry, letterbox_image
 from plankton_transfer.params.core import check_choice
 from plankton_transfer.data.input_spec import PREPROCESS_MODES as MODES
 from plankton_transfer.params.image import ImageParams
@@ -42,6 +43,18 @@ def make_transform(pre: Preprocess, mode: str, image_cfg: ImageParams = ImagePar
     if mode == "crop":
         return CentreCrop(pre, image_cfg.max_pixels)
     return Letterbox(pre.input_size, pre.interpolation)
+
+
+class Letterbox:
+    """Resize to fit a ``size`` square, keeping the aspect ratio, and pad with the border colour
+    (data/letterbox.py), as a uint8 (3, S, S) tensor."""
+
+    def __init__(self, size: int, interpolation: str) -> None:
+        self.size, self.interpolation = size, interpolation
+
+    def __call__(self, img: Image.Image) -> torch.Tensor:
+        padded = letterbox_image(img, self.size, PIL_INTERPOLATION[self.interpolation])
+        return torch.from_numpy(np.asarray(padded).copy()).permute(2, 0, 1)
 
 
 def crop_resize_size(width: int, height: int, short: int) -> tuple[int, int]:
@@ -73,41 +86,6 @@ class CentreCrop:
                            f"{img.width}x{img.height} would be resized to {w}x{h} = {w * h} pixels > image.max_pixels "
                            f"({self.max_pixels}); use extract.preprocess: pad, or leave the image out")
         return self.transform(img)
-
-
-def letterbox_geometry(width: int, height: int, size: int) -> tuple[int, int, int, int]:
-    """(new width, new height, left, top) of an image fitted into a ``size`` square, as Pillow's
-    ``ImageOps.pad(image, (size, size), centering=(0.5, 0.5))`` computes them: the longer side
-    becomes ``size``, the other ``round(shorter / longer * size)``; centred with ``round``."""
-    if width == height:
-        return size, size, 0, 0
-    if width > height:
-        new_w, new_h = size, round(height / width * size)
-    else:
-        new_w, new_h = round(width / height * size), size
-    return new_w, new_h, round((size - new_w) * 0.5), round((size - new_h) * 0.5)
-
-
-def border_colour(pixels: np.ndarray) -> tuple[int, int, int]:
-    """The padding colour: per channel, the median (numpy.median) of the outermost pixel ring,
-    taken as the first row, the last row, the first column and the last column in that order
-    (the four corner pixels thus count twice), truncated to an integer."""
-    ring = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
-    return tuple(int(v) for v in np.median(ring, axis=0))
-
-
-class Letterbox:
-    """Resize to fit a ``size`` square, keeping the aspect ratio, and pad with the border colour."""
-
-    def __init__(self, size: int, interpolation: str) -> None:
-        self.size, self.interpolation = size, interpolation
-
-    def __call__(self, img: Image.Image) -> torch.Tensor:
-        new_w, new_h, left, top = letterbox_geometry(img.width, img.height, self.size)
-        canvas = Image.new("RGB", (self.size, self.size), border_colour(np.asarray(img)))
-        if min(new_w, new_h) > 0:
-            canvas.paste(img.resize((new_w, new_h), resample=PIL_INTERPOLATION[self.interpolation]), (left, top))
-        return torch.from_numpy(np.asarray(canvas).copy()).permute(2, 0, 1)
 
 
 def draft_size(pre: Preprocess, mode: str) -> int:

@@ -16,7 +16,8 @@ class SplitParams:
     val: float = 0.1
     test: float = 0.1
     group: str = "none"
-    near_duplicate_distance: int = 4
+    near_duplicate_distance: int = 4  # hash candidates: at most this many of 64 bits differ
+    near_duplicate_similarity: float = 0.99  # confirmed: pixel correlation of the two thumbnails at least this
 
     def __post_init__(self) -> None:
         if min(self.train, self.val, self.test) <= 0 or abs(self.train + self.val + self.test - 1) > 1e-6:
@@ -25,6 +26,7 @@ class SplitParams:
                 f"val={self.val}, test={self.test})"
             )
         check_range("split.near_duplicate_distance", self.near_duplicate_distance, 0, 32)
+        check_range("split.near_duplicate_similarity", self.near_duplicate_similarity, 0.5, 1.0)
         if self.group not in SPLIT_GROUP_MODES:
             check_group_pattern(self.group)
 
