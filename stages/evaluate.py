@@ -75,7 +75,7 @@ def write_figures(plots: Path, model: ModelFile, result: Evaluation) -> None:
     plot_reliability(a.reliability, c.temperature, f"{model.name}: reliability on the test split (ECE "
                      f"{c.test_ece_before.value:.3f} before, {c.test_ece_after.value:.3f} after scaling: {c.verdict})",
                      plots / "reliability.png")
-    plot_abundance(a.abundance_table, a.abundance, f"{model.name}: test counts per class", plots / "abundance.png")
+    plot_abundance(a.abundance_table, a.abundance, f"{model.name}: test class proportions", plots / "abundance.png")
 
 
 def main(argv: list[str] | None = None) -> Evaluation:

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from plankton_transfer.evaluation.abundance import (METHODS, abundance_comparison, abundance_estimates,
-                                                    abundance_table, adjusted_proportions, adjustment_support,
+                                                    adjusted_proportions, adjustment_support,
                                                     confusion_rates, em_proportions, per_sample_abundance,
                                                     prevalence_mae, probabilistic_proportions, proportion_error)
 
@@ -148,14 +148,3 @@ def test_per_sample_reports_an_adjusted_count_not_used_with_its_reason():
     assert not summary.loc["adjusted_count", "used"] and "fewer than 10" in summary.loc["adjusted_count", "reason"]
     assert np.isnan(summary.loc["adjusted_count", "mean_mae"]) and result.per_sample["adjusted_count"].isna().all()
     assert summary.loc["classify_count", "used"] and summary.loc["classify_count", "mean_mae"] == 0
-
-
-def test_abundance_table_keeps_its_outputs():
-    y_val, pred_val = images_with_rates(np.array([10, 10, 10]))
-    y_test, pred_test = images_with_rates(np.array([50, 30, 20]))
-    table, errors = abundance_table(y_val, pred_val, y_test, pred_test, list("abc"))
-    assert list(table.columns) == ["class", "true", "predicted", "adjusted"]
-    assert table["true"].tolist() == [50, 30, 20] and table["predicted"].tolist() == [48, 30, 22]
-    assert np.allclose(table["adjusted"], [50, 30, 20])
-    assert set(errors) == {"classify_count_error", "adjusted_count_error"}
-    assert errors["classify_count_error"] == pytest.approx(0.02) and errors["adjusted_count_error"] == pytest.approx(0)

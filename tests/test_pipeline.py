@@ -75,7 +75,7 @@ def test_every_model_has_intervals_calibration_abundance_and_cross_validation(re
         c = s.calibration
         assert c.val_loss_after <= c.val_loss_before and c.temperature > 0
         assert c.test_ece_after.low <= c.test_ece_after.value <= c.test_ece_after.high
-        assert {"classify_count_error", "adjusted_count_error"} <= set(s.abundance)
+        assert {f"{m}_error" for m in ("classify_count", "adjusted_count", "uniform", "validation_prior")} <= set(s.abundance)
         cv = CrossvalSummary.load_json(repo / "metrics" / "crossval" / name / "summary.json")
         assert (cv.folds, cv.repeats) == (2, 1)
         assert f"| {name} | {cv.metrics['accuracy'].mean * 100:.1f} ± " in table

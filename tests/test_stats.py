@@ -6,7 +6,7 @@ import pytest
 from scipy.stats import beta, binom
 from sklearn import metrics as skm
 
-from plankton_transfer.evaluation.abundance import abundance_table, adjusted_proportions, proportion_error
+from plankton_transfer.evaluation.abundance import abundance_comparison, adjusted_proportions, proportion_error
 from plankton_transfer.evaluation.calibration import (cross_entropy, expected_calibration_error, fit_temperature,
                                                       reliability_table)
 from plankton_transfer.evaluation.intervals import (balanced_accuracy_of, bootstrap_metrics, central_interval,
@@ -166,11 +166,14 @@ def test_adjusted_count_recovers_the_true_proportions_exactly():
     pred_val = np.array([0] * 8 + [1] * 2 + [0] * 1 + [1] * 9 + [2] * 10)
     y_test = np.repeat([0, 1, 2], [40, 20, 40])
     pred_test = np.array([0] * 32 + [1] * 8 + [0] * 2 + [1] * 18 + [2] * 40)
-    table, errors = abundance_table(y_val, pred_val, y_test, pred_test, ["a", "b", "c"])
-    assert table["true"].tolist() == [40, 20, 40] and table["predicted"].tolist() == [34, 26, 40]
-    assert table["adjusted"].tolist() == pytest.approx([40, 20, 40])
+    proba_test = np.eye(3)[pred_test]
+    table, errors = abundance_comparison(y_val, pred_val, y_test, proba_test, ["a", "b", "c"])
+    assert errors["adjusted_count_used"], errors["adjusted_count_reason"]
+    assert table["true"].tolist() == [0.4, 0.2, 0.4] and table["classify_count"].tolist() == [0.34, 0.26, 0.4]
+    assert table["adjusted_count"].tolist() == pytest.approx([0.4, 0.2, 0.4])
     assert errors["adjusted_count_error"] == pytest.approx(0.0, abs=1e-9)
     assert errors["classify_count_error"] == pytest.approx(0.06)
+    assert errors["uniform_error"] == pytest.approx(0.5 * (2 * abs(0.4 - 1 / 3) + abs(0.2 - 1 / 3)))
     assert proportion_error([1, 0], [0, 1]) == 1.0
 
 

@@ -13,7 +13,7 @@ from scipy.special import softmax
 
 from plankton_transfer.evaluation.metrics import HEADLINE
 from plankton_transfer.evaluation.summary import CrossvalSummary, EvaluationSummary, RunRecord
-from plankton_transfer.models.model_file import ModelFile
+from plankton_transfer.models.model_file import CONVERGENCE_MARGIN, ModelFile
 from stages import compare as compare_stage
 from stages import crossval as crossval_stage
 from stages import evaluate as evaluate_stage
@@ -141,6 +141,28 @@ def test_compare_writes_the_headline_the_table_with_intervals_and_every_section(
     reliability = json.loads((root / "calibration" / "sharp.json").read_text())
     assert "perfectly calibrated" in {r["series"] for r in reliability}
     assert (root / "compare_plots" / "intervals.png").stat().st_size > 5000
+
+
+def test_compare_shows_the_abundance_baselines_and_any_convergence_warning(pipeline):
+    root, models = pipeline
+    text = (root / "compare" / "compare.md").read_text()
+    abundance = text.split("## Abundance")[1]
+    assert "Uniform guess" in abundance and "Validation prior" in abundance
+    for name in models:
+        summary = EvaluationSummary.load_json(root / "evaluate" / name / "summary.json")
+        a = summary.abundance
+        row = next(line for line in abundance.splitlines() if line.startswith(f"| {name} |"))
+        assert f"{a['uniform_error']:.3f}" in row and f"{a['classify_count_error']:.3f}" in row
+        assert a["adjusted_count_used"] == ("not used" not in row)  # 3 classes, few validation images each
+        if not a["adjusted_count_used"]:
+            assert f"- {name}: adjusted count not used: {a['adjusted_count_reason']}" in abundance
+        run = RunRecord.load_json(root / "evaluate" / name / "run.json")
+        assert run.convergence_warning == summary.convergence_warning
+        training = ModelFile.load(root / "models" / f"{name}.pt").training
+        if training.best_epoch > 8 - CONVERGENCE_MARGIN:  # train.max_epochs is 8 in this fixture
+            assert summary.convergence_warning and summary.convergence_warning in text
+        else:
+            assert not summary.convergence_warning and f"{name}: best epoch" not in text
 
 
 def test_one_model_says_there_is_nothing_to_pair(pipeline, tmp_path):

@@ -78,24 +78,6 @@ def proportion_error(estimated: np.ndarray, true: np.ndarray) -> float:
     return float(0.5 * np.abs(np.asarray(estimated, float) - np.asarray(true, float)).sum())
 
 
-def abundance_table(y_val: np.ndarray, pred_val: np.ndarray, y_test: np.ndarray, pred_test: np.ndarray,
-                    classes: list[str]) -> tuple[pd.DataFrame, dict[str, float]]:
-    """Per class: true, predicted and adjusted test counts; and the two estimators' errors."""
-    n_classes, n = len(classes), len(y_test)
-    true = np.bincount(y_test, minlength=n_classes).astype(float)
-    predicted = np.bincount(pred_test, minlength=n_classes).astype(float)
-    if n == 0:
-        adjusted = predicted
-    else:
-        adjusted = n * adjusted_proportions(predicted / n, confusion_rates(y_val, pred_val, n_classes))
-    table = pd.DataFrame({"class": classes, "true": true.astype(int), "predicted": predicted.astype(int),
-                          "adjusted": adjusted.round(2)})
-    scale = max(n, 1)
-    errors = {"classify_count_error": proportion_error(predicted / scale, true / scale),
-              "adjusted_count_error": proportion_error(adjusted / scale, true / scale)}
-    return table, errors
-
-
 # ----------------------------------------------------------------------------------------------
 # more estimators, the rule for adjusting, and per-sample errors
 

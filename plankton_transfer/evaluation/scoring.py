@@ -51,7 +51,7 @@ def run_record(model: ModelFile, fingerprint: str, meta: FeatureMeta) -> RunReco
     return RunRecord(model=model.name, model_fingerprint=fingerprint, backbone=model.backbone, weights=model.weights,
                      input=model.input, classes=model.classes, data=model.data, train_params=t.params, seed=t.seed,
                      deterministic_algorithms=True,  # plankton_transfer/runtime.py: use_deterministic_algorithms
-                     lr_sweep_best_val_loss=t.lr_sweep,
+                     lr_sweep_best_val_loss=t.lr_sweep, convergence_warning=t.convergence_warning(model.name),
                      timing={"train_seconds": round(t.seconds, 3), "extract_seconds": meta.seconds,
                              "extract_images_per_s": meta.images_per_s},
                      extract_environment=meta.environment, train_environment=t.environment,

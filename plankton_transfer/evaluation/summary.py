@@ -103,6 +103,7 @@ class RunRecord(Record):
     seed: int
     deterministic_algorithms: bool
     lr_sweep_best_val_loss: dict[str, float]
+    convergence_warning: str  # "" when the best epoch is well under train.max_epochs
     timing: dict[str, float | None]  # train_seconds, extract_seconds, extract_images_per_s
     extract_environment: dict[str, Any]
     train_environment: dict[str, Any]

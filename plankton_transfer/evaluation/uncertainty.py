@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from plankton_transfer.data.features import load_split
-from plankton_transfer.evaluation.abundance import abundance_table
+from plankton_transfer.evaluation.abundance import abundance_comparison, class_proportions
 from plankton_transfer.evaluation.calibration import (bootstrap_ece, calibration_summary, calibration_verdict,
                                                       reliability_rows, reliability_table, scaled_probabilities)
 from plankton_transfer.evaluation.intervals import central_interval, metric_intervals, wilson_interval
@@ -29,8 +29,8 @@ class Assessment:
     proba: dict[str, np.ndarray]  # split -> calibrated probabilities
     splits: dict[str, SplitScores]
     calibration: CalibrationScores
-    abundance: dict[str, float]  # classify_count_error, adjusted_count_error
-    abundance_table: pd.DataFrame  # class, true, predicted, adjusted (test counts)
+    abundance: dict  # per method <method>_error and _mae; adjusted_count_used and _reason
+    abundance_table: pd.DataFrame  # class, true, then each method's test proportions
     review: list[ReviewScores]
     reliability_rows: list[dict]  # DVC plot data (test split)
     reliability: dict[str, pd.DataFrame]  # "before"/"after": the test split's bins, for the figure
@@ -38,6 +38,13 @@ class Assessment:
 
 def r(value: float | None) -> float | None:
     return None if value is None else round(float(value), DIGITS)
+
+
+def rounded(value):
+    """Numbers to DIGITS decimals (NaN, for a method not used, as None: JSON has no NaN); others as they are."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)):
+        return value
+    return None if not np.isfinite(value) else r(value)
 
 
 def split_scores(y: np.ndarray, proba: np.ndarray, n_classes: int, cfg: StatsParams, seed: int) -> SplitScores:
@@ -99,13 +106,14 @@ def assess(model: ModelFile, features: Path, cfg: StatsParams, seed: int) -> Ass
         logits[split] = model.logits(np.asarray(x))
         proba[split] = model.probabilities(np.asarray(x))
     splits = {split: split_scores(labels[split], proba[split], n_classes, cfg, seed) for split in logits}
-    table, errors = abundance_table(labels["val"], proba["val"].argmax(axis=1), labels["test"],
-                                    proba["test"].argmax(axis=1), list(model.classes))
+    train_prior = class_proportions(load_split(features, "train")[1], n_classes)  # the head's posteriors assume it
+    table, abundance = abundance_comparison(labels["val"], proba["val"].argmax(axis=1), labels["test"], proba["test"],
+                                            list(model.classes), source_prior=train_prior)
     bins = {name: reliability_table(scaled_probabilities(logits["test"], t), labels["test"], cfg.calibration_bins)
             for name, t in (("before", 1.0), ("after", model.temperature))}
     return Assessment(labels=labels, proba=proba, splits=splits,
                       calibration=calibration_scores(model, logits, labels, cfg, seed),
-                      abundance={k: r(v) for k, v in errors.items()}, abundance_table=table,
+                      abundance={k: rounded(v) for k, v in abundance.items()}, abundance_table=table.round(DIGITS),
                       review=[review_scores(model, s, labels[s], proba[s], cfg.confidence) for s in ("val", "test")],
                       reliability_rows=reliability_rows(logits["test"], labels["test"], model.temperature,
                                                         cfg.calibration_bins),

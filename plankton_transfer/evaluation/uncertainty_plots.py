@@ -31,18 +31,26 @@ def plot_reliability(bins: dict[str, pd.DataFrame], temperature: float, title: s
     save_figure(fig, path)
 
 
-def plot_abundance(table: pd.DataFrame, errors: dict[str, float], title: str, path: Path) -> None:
-    """True, predicted (classify and count) and adjusted counts per class, side by side."""
-    n = len(table)
+ABUNDANCE_BARS = (("true", "true", "black"), ("classify_count", "classify and count", "tab:orange"),
+                  ("adjusted_count", "adjusted count", "tab:blue"), ("em", "EM-adjusted probabilities", "tab:green"))
+
+
+def plot_abundance(table: pd.DataFrame, summary: dict, title: str, path: Path) -> None:
+    """True and estimated test proportions per class, side by side (the adjusted count only where
+    it was used), with the uniform guess as a dashed line; the legend gives each method's error."""
+    bars = [b for b in ABUNDANCE_BARS if b[0] == "true" or summary.get(f"{b[0]}_error") is not None]
+    n, width = len(table), 0.8 / len(bars)
     x = np.arange(n)
     fig, ax = plt.subplots(figsize=(max(6.0, 0.6 * n + 3), 4.5))
-    for offset, column, colour in ((-0.27, "true", "black"), (0.0, "predicted", "tab:orange"),
-                                   (0.27, "adjusted", "tab:blue")):
-        label = {"true": "true", "predicted": f"classify and count (error {errors['classify_count_error']:.3f})",
-                 "adjusted": f"adjusted count (error {errors['adjusted_count_error']:.3f})"}[column]
-        ax.bar(x + offset, table[column], width=0.26, color=colour, label=label, alpha=0.85)
+    for k, (column, label, colour) in enumerate(bars):
+        if column != "true":
+            label += f" (error {summary[f'{column}_error']:.3f})"
+        ax.bar(x + (k - (len(bars) - 1) / 2) * width, table[column], width=width, color=colour, label=label,
+               alpha=0.85)
+    ax.axhline(1 / max(n, 1), color="grey", linestyle="--", linewidth=1,
+               label=f"uniform guess (error {summary['uniform_error']:.3f})")
     ax.set_xticks(x, table["class"], rotation=45, ha="right", rotation_mode="anchor", fontsize=8)
-    ax.set_ylabel("test images")
+    ax.set_ylabel("proportion of test images")
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
     ax.set_title(title, fontsize=10)
