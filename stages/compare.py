@@ -1,13 +1,15 @@
 """Stage compare: one table of all models, in the study's columns and more, and the headline.
 
 Inputs:  ``--evaluations``/<model>/ from every evaluate stage (summary, run record, predictions,
-         abundance) and ``--crossvals``/<model>/ from every crossval stage, for the models in
+         abundance), ``--crossvals``/<model>/ from every crossval stage and ``--opensets``/<model>/
+         from every openset stage, for the models in
          params.yaml ``models``; ``--train-dir`` (the train stages' DVCLive curves).
 Outputs: ``--headline``: metrics/headline.json, the only DVC metrics file (per model: test
-         accuracy with its interval, balanced accuracy, macro-F1, cross-validated accuracy;
+         accuracy with its interval, balanced accuracy, macro-F1, cross-validated accuracy, the
+         unknown detector's AUROC;
          evaluation/metrics.py HEADLINE), so ``dvc exp show`` is a readable first screen;
          ``--out-dir``: compare.md (the table, then paired tests, cross-validation, calibration,
-         review and abundance sections), compare.json and compare.csv (every number, flat),
+         review, open-set and abundance sections), compare.json and compare.csv (every number, flat),
          pairs.json and pairs.csv (every pair of models on the same test images: accuracy
          difference with a paired bootstrap interval, exact McNemar p);
          ``--plots-dir``: accuracy_vs_time.png, intervals.png; ``--curves``: every model's
@@ -25,7 +27,7 @@ import pandas as pd
 from plankton_transfer.errors import run_cli
 from plankton_transfer.evaluation.comparison import ModelResults, flat_row, headline, load_results, report_markdown
 from plankton_transfer.evaluation.comparison_stats import (abundance_section, calibration_section, crossval_section,
-                                                           intervals_note, pair_rows, pairs_section, review_section,
+                                                           intervals_note, openset_section, pair_rows, pairs_section, review_section,
                                                            training_curves)
 from plankton_transfer.evaluation.paired import PAIR_COLUMNS
 from plankton_transfer.evaluation.plots import plot_accuracy_vs_time
@@ -40,6 +42,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--evaluations", type=Path, default=Path("metrics/evaluate"))
     p.add_argument("--crossvals", type=Path, default=Path("metrics/crossval"))
+    p.add_argument("--opensets", type=Path, default=Path("metrics/openset"))
     p.add_argument("--train-dir", type=Path, default=Path("plots/train"))
     p.add_argument("--headline", type=Path, default=Path("metrics/headline.json"))
     p.add_argument("--out-dir", type=Path, default=Path("metrics/compare"))
@@ -55,7 +58,8 @@ def write_comparison(folder: Path, results: list[ModelResults], args: argparse.N
     rows = [flat_row(r) for r in results]
     pairs = pair_rows([r.name for r in results], args.evaluations, cfg, seed)
     sections = [intervals_note(cfg, seed), pairs_section(pairs, cfg, len(results)), crossval_section(results),
-                calibration_section(results, cfg), review_section(results), abundance_section(results, args.evaluations)]
+                calibration_section(results, cfg), review_section(results), openset_section(results),
+                abundance_section(results, args.evaluations)]
     text = report_markdown(results, sections)
     write_text(folder / "compare.md", text)
     write_json(folder / "compare.json", rows)
@@ -70,7 +74,7 @@ def main(argv: list[str] | None = None) -> list[ModelResults]:
     params = read_params(args.params)
     models = check_model_names(params.get("models"))
     cfg, seed = section(StatsParams, params, "stats"), section(BaseParams, params, "base").seed
-    results = load_results(models, args.evaluations, args.crossvals)
+    results = load_results(models, args.evaluations, args.crossvals, args.opensets)
     with atomic_path(args.out_dir, directory=True) as folder, atomic_path(args.plots_dir, directory=True) as plots:
         folder.mkdir()
         plots.mkdir()

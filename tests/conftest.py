@@ -69,7 +69,7 @@ def filter_and_split(folder: Path, raw: Path, params: Path) -> None:
                        str(folder / "report.json"), "--cache-file",
                        str(folder / "cache.csv"), "--params", str(params)])
     split_stage.main(["--manifest", str(folder / "manifest.csv"), "--out-dir", str(folder / "split"),
-                      "--params", str(params)])
+                      "--raw", str(raw), "--params", str(params)])
 
 
 def write_params(path: Path, **sections) -> Path:

@@ -70,4 +70,5 @@ def make_small_repo(repo: Path) -> Path:
     make_dataset(repo / "data" / "raw", {"a": 8, "b": 8, "c": 8})
     return make_repo(repo, models=["alexnet"], data={"raw": "data/raw"},
                      filter={"min_images_per_class": 3}, extract={"batch_size": 8},
-                     train={"max_epochs": 15}, crossval={"folds": 2, "repeats": 1})
+                     train={"max_epochs": 15}, crossval={"folds": 2, "repeats": 1},
+                     openset={"repeats": 2, "resamples": 200})

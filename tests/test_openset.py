@@ -256,3 +256,16 @@ def test_choose_default_score_takes_the_best_mean_criterion_and_breaks_ties_by_o
     assert choose_default_score(result, "fpr95") == "mahalanobis"
     with pytest.raises(ValueError):
         choose_default_score(result, "accuracy")
+
+
+def test_the_direct_auroc_and_average_precision_equal_scikit_learns_with_ties():
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    from plankton_transfer.evaluation.openset import auroc, average_precision
+
+    rng = np.random.default_rng(5)
+    for n in (2, 7, 40, 300):
+        truth = np.r_[0, 1, rng.integers(0, 2, n - 2)].astype(float)
+        for scores in (rng.normal(size=n), rng.integers(0, 4, n).astype(float)):  # continuous, heavily tied
+            assert auroc(truth, scores) == pytest.approx(roc_auc_score(truth, scores), abs=1e-12)
+            assert average_precision(truth, scores) == pytest.approx(average_precision_score(truth, scores), abs=1e-12)

@@ -20,7 +20,8 @@ def repo(tmp_path_factory):
     repo = tmp_path_factory.mktemp("pipeline")
     expected = make_messy_dataset(repo / "data" / "raw", per_class=10)
     make_repo(repo, data={"raw": "data/raw"}, filter={"min_images_per_class": 5},
-              extract={"batch_size": 16}, crossval={"folds": 2, "repeats": 1})  # quick: 2 heads
+              extract={"batch_size": 16}, crossval={"folds": 2, "repeats": 1},  # quick: 2 heads
+              openset={"repeats": 2, "resamples": 200})
     first = run(repo, "dvc", "repro")
     commit(repo, "baseline")
     return repo, expected, first

@@ -12,11 +12,13 @@ import torch
 from scipy.special import softmax
 
 from plankton_transfer.evaluation.metrics import HEADLINE
-from plankton_transfer.evaluation.summary import CrossvalSummary, EvaluationSummary, RunRecord
+from plankton_transfer.evaluation.summary import CrossvalSummary, EvaluationSummary, OpenSetSummary, RunRecord
 from plankton_transfer.models.model_file import CONVERGENCE_MARGIN, ModelFile
+from plankton_transfer.models.unknown import UnknownDetector
 from stages import compare as compare_stage
 from stages import crossval as crossval_stage
 from stages import evaluate as evaluate_stage
+from stages import openset as openset_stage
 from stages import train as train_stage
 from tests.conftest import write_params
 from tests.field_data import write_feature_meta
@@ -57,6 +59,7 @@ def evaluate_args(root, name: str) -> list[str]:
 
 def compare_args(root, out, params) -> list[str]:
     return ["--evaluations", str(root / "evaluate"), "--crossvals", str(root / "crossval"),
+            "--opensets", str(root / "openset"),
             "--train-dir", str(root / "train"), "--headline", str(out / "headline.json"),
             "--out-dir", str(out / "compare"), "--plots-dir", str(out / "compare_plots"), "--curves", str(out / "curves.json"),
             "--params", str(params)]
@@ -71,7 +74,8 @@ def run_stages(root):
                       "group": ""}).to_csv(split / f"{s}.csv", index=False)
     models = {"sharp": 1.0, "blurry": 4.0}
     params = write_params(root / "params.yaml", models=list(models), train={"max_epochs": 8, "lr": 0.05},
-                          crossval={"folds": 3, "repeats": 1}, stats={"resamples": 500})
+                          crossval={"folds": 3, "repeats": 1}, stats={"resamples": 500},
+                          openset={"repeats": 3, "resamples": 200})
     for name, noise in models.items():
         features = root / "features" / name
         write_model_features(features, name, noise)
@@ -81,6 +85,9 @@ def run_stages(root):
         crossval_stage.main(["--features", str(features), "--split-dir", str(split),
                              "--out-dir", str(root / "crossval" / name),
                              "--confusion", str(root / "cvconf" / f"{name}.json"), "--params", str(params)])
+        openset_stage.main(["--model-file", str(root / "models" / f"{name}.pt"), "--features", str(features),
+                            "--out-dir", str(root / "openset" / name), "--plot", str(root / "openset" / f"{name}.png"),
+                            "--params", str(params)])
     compare_stage.main(compare_args(root, root, params))
     return root, models
 
@@ -163,6 +170,28 @@ def test_compare_shows_the_abundance_baselines_and_any_convergence_warning(pipel
             assert summary.convergence_warning and summary.convergence_warning in text
         else:
             assert not summary.convergence_warning and f"{name}: best epoch" not in text
+
+
+def test_the_openset_stage_writes_a_detector_for_its_model_and_compare_reports_every_score(pipeline):
+    root, models = pipeline
+    text = (root / "compare" / "compare.md").read_text()
+    section = text.split("## Unknown organisms (open set)")[1].split("\n## ")[0]
+    headline = json.loads((root / "headline.json").read_text())
+    for name in models:
+        summary = OpenSetSummary.load_json(root / "openset" / name / "summary.json")
+        model = ModelFile.load(root / "models" / f"{name}.pt")
+        detector = UnknownDetector.load_for(root / "models" / f"{name}.unknown.pt", model)
+        assert detector.score == summary.score and detector.threshold == pytest.approx(summary.threshold, rel=1e-5)
+        assert summary.validation_auroc[summary.score] == max(summary.validation_auroc.values())  # chosen on val
+        assert headline[name]["unknown_auroc"] == round(summary.chosen.auroc.value, 3)
+        for score, s in summary.scores.items():
+            assert s.auroc.low <= s.auroc.value <= s.auroc.high
+            assert f"| {name} | {score}{' ★' if score == summary.score else ''} | {s.auroc.value:.3f}" in section
+        val = np.load(root / "features" / name / "val.npy")
+        kept = (detector.unknown_scores(model, val) <= detector.threshold).mean()
+        assert kept == pytest.approx(summary.val_known_kept) and kept >= 0.95
+        repeats = pd.read_csv(root / "openset" / name / "repeats.csv")
+        assert len(repeats) == 3 * len(summary.scores) and set(repeats["held_out"]) <= set(CLASSES)
 
 
 def test_one_model_says_there_is_nothing_to_pair(pipeline, tmp_path):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from plankton_transfer.errors import UserError
 from plankton_transfer.evaluation.metrics import HEADLINE, HEADLINE_DIGITS, METRICS
-from plankton_transfer.evaluation.summary import CrossvalSummary, EvaluationSummary, RunRecord
+from plankton_transfer.evaluation.summary import CrossvalSummary, EvaluationSummary, OpenSetSummary, RunRecord
 
 STUDY_NOTE = (
     "The study (ImageNet-pretrained, frozen, 17 CPR classes, validation set): AlexNet 95.29 % / 0.1331 / "
@@ -28,6 +28,7 @@ class ModelResults:
     summary: EvaluationSummary
     run: RunRecord
     crossval: CrossvalSummary | None = None
+    openset: OpenSetSummary | None = None
 
     @property
     def total_seconds(self) -> float:
@@ -35,16 +36,24 @@ class ModelResults:
         return round(float(t["extract_seconds"] or 0) + float(t["train_seconds"] or 0), 2)
 
 
-def load_results(models: list[str], evaluations: Path, crossvals: Path | None) -> list[ModelResults]:
-    """Every model's evaluation (``<evaluations>/<model>/``) and cross-validation (``<crossvals>/<model>/``)."""
+def load_results(models: list[str], evaluations: Path, crossvals: Path | None,
+                 opensets: Path | None = None) -> list[ModelResults]:
+    """Every model's evaluation (``<evaluations>/<model>/``), cross-validation (``<crossvals>/<model>/``)
+    and open-set summary (``<opensets>/<model>/``)."""
     out = []
     for name in models:
         folder = evaluations / name
         if not (folder / "summary.json").is_file():
             raise UserError(f"{folder / 'summary.json'} not found; run the evaluate stage of {name} (dvc repro)")
         cv = CrossvalSummary.load_json(crossvals / name / "summary.json") if crossvals else None
+        unknown = None
+        if opensets:
+            if not (opensets / name / "summary.json").is_file():
+                raise UserError(f"{opensets / name / 'summary.json'} not found; run the openset stage of {name} "
+                                "(dvc repro)")
+            unknown = OpenSetSummary.load_json(opensets / name / "summary.json")
         out.append(ModelResults(name, EvaluationSummary.load_json(folder / "summary.json"),
-                                RunRecord.load_json(folder / "run.json"), cv))
+                                RunRecord.load_json(folder / "run.json"), cv, unknown))
     return out
 
 
@@ -57,6 +66,10 @@ def headline(results: list[ModelResults]) -> dict[str, dict[str, float]]:
             if entry.source == "crossval":
                 if r.crossval is not None:
                     values[entry.key] = round(r.crossval.metrics[entry.metric].mean, HEADLINE_DIGITS)
+                continue
+            if entry.source == "openset":
+                if r.openset is not None:
+                    values[entry.key] = round(getattr(r.openset.chosen, entry.metric).value, HEADLINE_DIGITS)
                 continue
             estimate = r.summary.estimate(entry.source, entry.metric)
             values[entry.key] = round(estimate.value, HEADLINE_DIGITS)
@@ -81,6 +94,10 @@ def flat_row(r: ModelResults) -> dict:
     if r.crossval is not None:
         for key, value in r.crossval.metrics.items():
             row[f"cv_{key}_mean"], row[f"cv_{key}_std"] = value.mean, value.sd
+    if r.openset is not None:
+        chosen = r.openset.chosen
+        row |= {"unknown_score": r.openset.score, "unknown_auroc": chosen.auroc.value,
+                "unknown_fpr95": chosen.fpr95.value, "unknown_threshold": r.openset.threshold}
     return row
 
 

@@ -120,6 +120,41 @@ def review_section(results: list[ModelResults]) -> str:
     return text
 
 
+def interval(e, digits: int = 3) -> str:
+    return f"{e.value:.{digits}f} [{e.low:.{digits}f}, {e.high:.{digits}f}]"
+
+
+def openset_section(results: list[ModelResults]) -> str:
+    """Leave-classes-out: how well each unknown score flags classes the head never saw."""
+    done = [r for r in results if r.openset is not None]
+    if not done:
+        return ""
+    first = done[0].openset
+    text = ("## Unknown organisms (open set)\n\nNo real unknown taxa are at hand, so known classes play them "
+            f"(leave-classes-out, evaluation/openset.py): {first.repeats} repeats, each holding out {first.holdout} "
+            "class(es); a head trained on the rest scores the known classes' test images against every image of the "
+            "held-out classes. Unknown is the positive class. AUROC: 1 separates them perfectly, 0.5 is chance; "
+            "FPR95: the share of unknown images kept as known when 95 % of the known are kept (lower is better); "
+            "Bray-Curtis: how far the predicted composition of those images is from the true one (the held-out "
+            "images' true class is unknown), forced into known classes against rejected at the validation "
+            "threshold. Mean over repeats, with a two-level bootstrap interval (repeats, then images). The score "
+            "predict uses is chosen on validation data only; ★ marks it.\n\n"
+            "| Model | Score | AUROC | FPR95 | AUPR | Unknown rejected | Known kept | Bray-Curtis forced → rejected |\n"
+            "|---|---|---:|---:|---:|---:|---:|---:|\n")
+    for r in done:
+        o = r.openset
+        for name, s in o.scores.items():
+            mark = " ★" if name == o.score else ""
+            text += (f"| {r.name} | {name}{mark} | {interval(s.auroc)} | {interval(s.fpr95)} | {s.aupr.value:.3f} | "
+                     f"{100 * s.unknown_rejected.value:.0f} % | {100 * s.known_kept.value:.0f} % | "
+                     f"{o.bray_curtis_forced.value:.3f} → {s.bray_curtis_rejected.value:.3f} |\n")
+    text += "\n" + "\n".join(
+        f"- {r.name}: predict uses {r.openset.score} ({r.openset.chosen_by}); threshold {r.openset.threshold:.4g} keeps "
+        f"{100 * r.openset.val_known_kept:.0f} % of the model's validation images; about {r.openset.known_images} "
+        f"known and {r.openset.unknown_images} unknown images per repeat." for r in done)
+    return text + "\n\nFigures: `plots/openset/<model>.png`.\n"
+
+
 ABUNDANCE_COLUMNS = (("classify_count", "Classify and count"), ("adjusted_count", "Adjusted count"),
                      ("probabilistic_count", "Probabilistic count"), ("em", "EM"),
                      ("uniform", "Uniform guess"), ("validation_prior", "Validation prior"))

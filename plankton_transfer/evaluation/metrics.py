@@ -67,13 +67,15 @@ class HeadlineEntry:
     """One number per model in ``metrics/headline.json`` (the only file ``dvc exp show`` lists)."""
 
     key: str  # short: dvc exp show's column is "<model>.<key>"
-    source: str  # "test" (the evaluate stage's test split) | "crossval" (the mean over folds)
+    source: str  # "test" (the evaluate stage's test split) | "crossval" (the mean over folds) | "openset"
+    # (the openset stage: the mean over leave-classes-out repeats of the score predict uses)
     metric: str  # a key of METRICS
     bounds: bool = False  # also <key>_lo and <key>_hi
 
 
 HEADLINE = (HeadlineEntry("acc", "test", "accuracy", bounds=True), HeadlineEntry("bal_acc", "test", "balanced_accuracy"),
-            HeadlineEntry("f1", "test", "macro_f1"), HeadlineEntry("cv_acc", "crossval", "accuracy"))
+            HeadlineEntry("f1", "test", "macro_f1"), HeadlineEntry("cv_acc", "crossval", "accuracy"),
+            HeadlineEntry("unknown_auroc", "openset", "auroc"))
 HEADLINE_DIGITS = 3  # a 0.1 % change is the finest the test sets of this field resolve
 
 

@@ -36,7 +36,8 @@ Threshold (:func:`known_threshold`): the smallest score that keeps at least
 ``target_known_kept`` of the known *validation* images (score <= threshold: accepted as known).
 
 Metrics (:func:`unknown_metrics`), unknown images as the positive class: AUROC and AUPR
-(scikit-learn's ``roc_auc_score`` and ``average_precision_score``), and FPR95, the fraction of
+(equal to scikit-learn's ``roc_auc_score`` and ``average_precision_score``, computed directly
+for the bootstrap's sake), and FPR95, the fraction of
 unknown images accepted as known at the threshold that keeps 95 % of the known images (the
 same rule as :func:`known_threshold`, applied to the evaluated known images). Intervals: a
 seeded percentile bootstrap, known and unknown images resampled separately
@@ -78,12 +79,13 @@ import numpy as np
 import pandas as pd
 from scipy.linalg import solve_triangular
 from scipy.special import logsumexp, softmax
-from sklearn.metrics import average_precision_score, roc_auc_score
+from scipy.stats import rankdata
 
 from plankton_transfer.evaluation.calibration import fit_temperature
 from plankton_transfer.evaluation.intervals import central_interval
+from plankton_transfer.params.openset import UNKNOWN_SCORES
 
-SCORES = ("msp", "energy", "mahalanobis", "vim")
+SCORES = UNKNOWN_SCORES  # params/openset.py: the names params.yaml accepts
 METRICS = ("auroc", "fpr95", "aupr")
 HIGHER_IS_BETTER = {"auroc": True, "aupr": True, "fpr95": False}
 UNKNOWN = "unknown"
@@ -263,6 +265,30 @@ def known_threshold(known_scores: np.ndarray, target_known_kept: float = 0.95) -
     return float(s[k - 1])
 
 
+def auroc(truth: np.ndarray, scores: np.ndarray) -> float:
+    """Area under the ROC curve, ``truth`` 1 for the positives: the Mann-Whitney statistic with
+    tied scores counted half (equal to scikit-learn's ``roc_auc_score``; tests/test_openset.py
+    checks it). Written out because the bootstrap calls it tens of thousands of times, where
+    scikit-learn's input validation costs 100 times the arithmetic."""
+    ranks = rankdata(scores)
+    positives = truth.astype(bool)
+    n_pos, n_neg = int(positives.sum()), int((~positives).sum())
+    return float((ranks[positives].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def average_precision(truth: np.ndarray, scores: np.ndarray) -> float:
+    """Average precision, the step-wise area under the precision-recall curve at each distinct
+    score (equal to scikit-learn's ``average_precision_score``, checked in the tests; written out
+    for the same reason as :func:`auroc`)."""
+    order = np.argsort(-scores, kind="mergesort")
+    s, t = scores[order], truth[order]
+    last = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1]  # the last row of each run of equal scores
+    tps = np.cumsum(t)[last]
+    precision = tps / (last + 1)
+    recall = tps / tps[-1]
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+
+
 def unknown_metrics(known_scores: np.ndarray, unknown_scores: np.ndarray,
                     target_known_kept: float = 0.95) -> dict[str, float]:
     """AUROC, FPR at ``target_known_kept`` (95 %) of the known images kept (``fpr95``), and AUPR,
@@ -273,9 +299,8 @@ def unknown_metrics(known_scores: np.ndarray, unknown_scores: np.ndarray,
     truth = np.r_[np.zeros(len(known)), np.ones(len(unknown))]
     scores = np.r_[known, unknown]
     threshold = known_threshold(known, target_known_kept)
-    return {"auroc": float(roc_auc_score(truth, scores)),
-            "fpr95": float((unknown <= threshold).mean()),
-            "aupr": float(average_precision_score(truth, scores))}
+    return {"auroc": auroc(truth, scores), "fpr95": float((unknown <= threshold).mean()),
+            "aupr": average_precision(truth, scores)}
 
 
 def metric_intervals(known_scores: np.ndarray, unknown_scores: np.ndarray, n_boot: int = 1000,
@@ -379,7 +404,7 @@ class _Repeat:
 
 
 def _fit_repeat(x: np.ndarray, y: np.ndarray, split: np.ndarray, held_out: list[int], train_head: TrainHead,
-                evaluate_on: str, names: Sequence[str], target: float) -> _Repeat:
+                evaluate_on: str, names: Sequence[str], target: float, heads: dict | None = None) -> _Repeat:
     is_held = np.isin(y, held_out)
     known_classes = sorted(set(np.unique(y[(split == "train") & ~is_held]).tolist()))
     code = np.full(int(y.max()) + 1, -1)
@@ -389,14 +414,20 @@ def _fit_repeat(x: np.ndarray, y: np.ndarray, split: np.ndarray, held_out: list[
     if not va.any():
         raise ValueError(f"no validation rows of the known classes (held out: {held_out}) to fit the "
                          "temperature and choose the thresholds")
-    weight, bias = train_head(np.asarray(x[tr]), code[y[tr]], np.asarray(x[va]), code[y[va]])
-    weight, bias = _as64(weight), _as64(bias)
-    if weight.shape != (len(known_classes), x.shape[1]):
-        raise ValueError(f"train_head returned weights of shape {weight.shape}; expected "
-                         f"{(len(known_classes), x.shape[1])}")
+    key = tuple(held_out)
     val_x = np.asarray(x[va])
-    temperature = fit_temperature(_as64(val_x) @ weight.T + bias, code[y[va]])["temperature"]
-    scorers = fit_unknown_scorers(np.asarray(x[tr]), code[y[tr]], weight, bias, temperature)
+    if heads is not None and key in heads:  # the same classes held out: the same training rows, head and scorers
+        temperature, scorers = heads[key]
+    else:
+        weight, bias = train_head(np.asarray(x[tr]), code[y[tr]], val_x, code[y[va]])
+        weight, bias = _as64(weight), _as64(bias)
+        if weight.shape != (len(known_classes), x.shape[1]):
+            raise ValueError(f"train_head returned weights of shape {weight.shape}; expected "
+                             f"{(len(known_classes), x.shape[1])}")
+        temperature = fit_temperature(_as64(val_x) @ weight.T + bias, code[y[va]])["temperature"]
+        scorers = fit_unknown_scorers(np.asarray(x[tr]), code[y[tr]], weight, bias, temperature)
+        if heads is not None:
+            heads[key] = (temperature, scorers)
     thresholds = {name: known_threshold(scorers.score(name, val_x), target) for name in names}
     unknown_splits = ("train", "val", "test") if evaluate_on == "test" else ("train", "val")
     ev_known = known & (split == evaluate_on)
@@ -414,7 +445,8 @@ def _fit_repeat(x: np.ndarray, y: np.ndarray, split: np.ndarray, held_out: list[
 def leave_classes_out(features: np.ndarray, labels: np.ndarray, split: np.ndarray, train_head: TrainHead, *,
                       n_holdout: int, repeats: int = 5, seed: int = 0, target_known_kept: float = 0.95,
                       evaluate_on: str = "test", scores: Sequence[str] = SCORES, n_boot: int = 1000,
-                      confidence: float = 0.95, class_names: Sequence[str] | None = None) -> LeaveClassesOut:
+                      confidence: float = 0.95, class_names: Sequence[str] | None = None,
+                      heads: dict | None = None) -> LeaveClassesOut:
     """The leave-classes-out protocol of the module docstring.
 
     ``features`` (N, D) (a float16 memory map is fine: rows are taken per use), ``labels`` (N,)
@@ -423,6 +455,8 @@ def leave_classes_out(features: np.ndarray, labels: np.ndarray, split: np.ndarra
     relabelled 0..K-1 in increasing order of their original ids. ``evaluate_on``: "test" (the
     report) or "val" (what :func:`choose_default_score` needs; the test split is then never
     read). A known class without training rows in a repeat is left out of that repeat.
+    ``heads``: a dict shared between calls with the same data and seed (the validation run and the
+    test run), so each held-out set's head is trained and its scorers fitted once.
     """
     if evaluate_on not in ("test", "val"):
         raise ValueError(f"evaluate_on must be 'test' or 'val', got {evaluate_on!r}")
@@ -437,7 +471,7 @@ def leave_classes_out(features: np.ndarray, labels: np.ndarray, split: np.ndarra
     if n_holdout > len(present) - 2:
         raise ValueError(f"holding out {n_holdout} of {len(present)} classes leaves fewer than 2 known classes")
     sets = holdout_sets(present, n_holdout, repeats, seed)
-    fitted = [_fit_repeat(features, y, split, held, train_head, evaluate_on, scores, target_known_kept)
+    fitted = [_fit_repeat(features, y, split, held, train_head, evaluate_on, scores, target_known_kept, heads)
               for held in sets]
     observed = [r.stats(np.arange(len(r.known_true)), np.arange(len(r.unknown_pred)), scores, target_known_kept)
                 for r in fitted]

@@ -129,6 +129,46 @@ class CrossvalSummary(Record):
     metrics: dict[str, MeanSd]  # keys of evaluation/metrics.py CROSSVAL_METRICS
 
 
+@dataclasses.dataclass(frozen=True)
+class OpenSetScores:
+    """One unknown score in the leave-classes-out runs: the mean over repeats, with intervals."""
+
+    auroc: Estimate
+    fpr95: Estimate  # unknown images kept as known when 95 % of the known are kept
+    aupr: Estimate
+    known_kept: Estimate  # at the validation threshold
+    unknown_rejected: Estimate  # at the validation threshold
+    bray_curtis_rejected: Estimate  # true against predicted composition, unknowns rejected
+
+
+@dataclasses.dataclass(frozen=True)
+class OpenSetSummary(Record):
+    """The openset stage's summary (``metrics/openset/<model>/summary.json``)."""
+
+    FORMAT = "plankton-transfer/openset"
+    VERSION = 1
+    REMAKE = "run dvc repro (the openset stage writes it again)"
+
+    model: str
+    model_fingerprint: str  # of the model whose detector this stage wrote
+    score: str  # the score predict uses
+    chosen_by: str  # how, in words
+    validation_auroc: dict[str, float]  # per score: mean AUROC of the leave-classes-out run on validation data
+    threshold: float  # of ``score``, on the model's own validation images
+    val_known_kept: float  # known validation images kept at that threshold
+    holdout: int
+    repeats: int
+    held_out: list[list[str]]  # the classes held out in each repeat
+    known_images: int  # evaluated known images per repeat (test split of the known classes), mean
+    unknown_images: int  # held-out images per repeat (all splits), mean
+    bray_curtis_forced: Estimate  # composition error when every image is forced into a known class
+    scores: dict[str, OpenSetScores]
+
+    @property
+    def chosen(self) -> OpenSetScores:
+        return self.scores[self.score]
+
+
 def file_sha256(path: str | Path) -> str:
     digest = hashlib.sha256()
     with Path(path).open("rb") as f:

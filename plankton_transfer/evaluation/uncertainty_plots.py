@@ -81,3 +81,25 @@ def plot_intervals(rows: list[dict], confidence: float, path: Path) -> None:
     ax.legend(fontsize=8, loc="lower right")
     ax.set_title(f"Test metrics with {100 * confidence:g} % intervals per backbone", fontsize=10)
     save_figure(fig, path)
+
+
+def plot_openset(scores: dict, chosen: str, title: str, path: Path) -> None:
+    """Per unknown score: AUROC (higher is better) and FPR at 95 % known kept (lower is better),
+    with their intervals; the score predict uses is marked."""
+    names = list(scores)
+    x = np.arange(len(names))
+    fig, ax = plt.subplots(figsize=(max(5.5, 1.3 * len(names) + 2.5), 4.2))
+    for offset, key, colour, label in ((-0.18, "auroc", "tab:blue", "AUROC"), (0.18, "fpr95", "tab:red", "FPR95")):
+        values = np.array([getattr(scores[n], key).value for n in names])
+        low = np.array([getattr(scores[n], key).low for n in names])
+        high = np.array([getattr(scores[n], key).high for n in names])
+        ax.bar(x + offset, values, width=0.34, color=colour, alpha=0.8, label=label,
+               yerr=[values - low, high - values], capsize=3)
+    ax.axhline(0.5, color="grey", linestyle=":", linewidth=1)
+    ax.set_xticks(x, [f"{n} (used)" if n == chosen else n for n in names])
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("leave-classes-out, mean over repeats")
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_title(title, fontsize=10)
+    save_figure(fig, path)

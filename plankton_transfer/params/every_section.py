@@ -13,6 +13,7 @@ from plankton_transfer.params.ecotaxa import EcotaxaParams
 from plankton_transfer.params.extract import ExtractParams
 from plankton_transfer.params.filter import FilterParams
 from plankton_transfer.params.image import ImageParams
+from plankton_transfer.params.openset import OpenSetParams
 from plankton_transfer.params.pretrained import PretrainedParams
 from plankton_transfer.params.split import SplitParams
 from plankton_transfer.params.stats import StatsParams
@@ -33,6 +34,7 @@ SECTIONS: dict[str, type] = {
     "thresholds": ThresholdParams,
     "stats": StatsParams,
     "crossval": CrossvalParams,
+    "openset": OpenSetParams,
 }
 TOP_LEVEL_LISTS = ("models",)
 
