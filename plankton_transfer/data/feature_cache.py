@@ -76,6 +76,10 @@ class FeatureCache:
 
     def check(self) -> None:
         """Refuse, before any work, a folder that is not this feature path's cache."""
+        root = self.folder.parent
+        if (root.exists() or root.is_symlink()) and not root.is_dir():
+            raise UserError(f"--features-cache {root} exists and is not a folder; give a folder for the feature cache "
+                            "(nothing was changed)")
         if self.folder.exists() or self.folder.is_symlink():
             if not self.folder.is_dir():
                 raise UserError(f"feature cache {self.folder} exists and is not a folder; remove it or give another "
