@@ -49,15 +49,19 @@ def whole_number(least: int):
     return parse
 
 
-def add_model_arguments(p: argparse.ArgumentParser) -> None:
-    """The options predict and select share: the model, the input, how to run."""
+PREFIX_FROM = {"out": "the --out folder's name", "input": "the input folder's name"}  # an image folder's id prefix
+
+
+def add_model_arguments(p: argparse.ArgumentParser, prefix_from: str = "out") -> None:
+    """The options predict and select share: the model, the input, how to run. ``prefix_from``:
+    where an image folder's default object id prefix comes from (see :func:`prepare`)."""
     p.add_argument("--model", "--model-file", dest="model", required=True, help="model name or model file")
     p.add_argument("--input", "--images", dest="input", type=Path, required=True)
     p.add_argument("--input-type", choices=["auto", *KINDS], default="auto")
     p.add_argument("--out", type=Path, required=True, help="the results folder (new, or an earlier run's)")
     p.add_argument("--taxon-names", type=Path, help="CSV with columns class,ecotaxa: EcoTaxa names for the classes")
-    p.add_argument("--object-id-prefix", help="prefix of the EcoTaxa object ids (default: the --out folder's name + "
-                                              "'_' for image folders, none for EcoTaxa and IFCB ids)")
+    p.add_argument("--object-id-prefix", help=f"prefix of the EcoTaxa object ids (default: {PREFIX_FROM[prefix_from]} "
+                                              "+ '_' for image folders, none for EcoTaxa and IFCB ids)")
     p.add_argument("--device", help="auto | cpu | cuda (default: PLANKTON_DEVICE, else auto)")
     p.add_argument("--batch-size", type=whole_number(1), default=32)
     p.add_argument("--workers", type=whole_number(-1), help="image decoding processes (default: PLANKTON_WORKERS, "
@@ -114,8 +118,12 @@ class Prepared:
     id_prefix: str
 
 
-def prepare(args: argparse.Namespace) -> Prepared:
-    """Check every argument and the output before any work; read the model and the input."""
+def prepare(args: argparse.Namespace, prefix_from: str = "out") -> Prepared:
+    """Check every argument and the output before any work; read the model and the input.
+    An image folder's object ids get a prefix (unless --object-id-prefix says otherwise): the
+    --out folder's name (``prefix_from="out"``, predict: runs to different folders never merge
+    in one EcoTaxa project) or the input folder's (``"input"``, select: an image keeps its id
+    from one selection round to the next)."""
     settings = run_settings()
     path = model_file(args.model, args.models_dir)
     check_output(args.out, args.input, path, args.taxon_names)
@@ -127,8 +135,9 @@ def prepare(args: argparse.Namespace) -> Prepared:
     if inputs.decided_by:
         print(f"input: {readable(str(args.input))} read as {KINDS[inputs.kind]} ({inputs.decided_by}); "
               "--input-type folder classifies every image file instead", file=sys.stderr)
+    folder_name = args.out.name if prefix_from == "out" else inputs.root.resolve().name
     prefix = args.object_id_prefix if args.object_id_prefix is not None else (
-        f"{args.out.name}_" if inputs.kind == "folder" else "")
+        f"{folder_name}_" if inputs.kind == "folder" else "")
     return Prepared(path, model, inputs, taxon_names, args.device or settings.device,
                     settings.workers if args.workers is None else args.workers, prefix)
 

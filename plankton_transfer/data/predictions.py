@@ -142,6 +142,12 @@ def png_bytes(img: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
+def object_id_of(item: Item, kind: str, id_prefix: str) -> str:
+    """The EcoTaxa ``object_id`` an item is uploaded under (before a ``_2`` suffix that keeps a
+    repeated id unique): ``id_prefix`` + its id, an image folder's path with ``/`` as ``_``."""
+    return clean_cell(id_prefix + (item.id.replace("/", "_") if kind == "folder" else item.id))
+
+
 @dataclasses.dataclass
 class UploadRow:
     item: Item
@@ -158,8 +164,7 @@ def ecotaxa_rows(rows: list[UploadRow], inputs: Inputs, images: zipfile.ZipFile,
         name, data = upload_image(item, inputs.kind, image_cfg)
         name = unique(name, used_names)
         images.writestr(f"images/{name}", data, compress_type=zipfile.ZIP_STORED)
-        object_id = unique(clean_cell(id_prefix + (item.id.replace("/", "_") if inputs.kind == "folder" else item.id)),
-                           used_ids)
+        object_id = unique(object_id_of(item, inputs.kind, id_prefix), used_ids)
         table.append({"object_id": object_id, "img_file_name": f"images/{name}",
                       "object_annotation_status": "predicted",
                       "object_annotation_category": taxon_names.get(result.predicted, result.predicted),
@@ -180,14 +185,21 @@ def table_columns(extra: dict[str, str], with_samples: bool) -> dict[str, str]:
 
 def write_results(out: Path, table: pd.DataFrame, inputs: Inputs, run: PredictionRun, taxon_names: dict[str, str],
                   id_prefix: str, image_cfg: ImageParams, extra_columns: dict[str, str] | None = None,
-                  extra_values: list[dict] | None = None) -> tuple[Path, list[str]]:
+                  extra_values: list[dict] | None = None,
+                  upload: list[bool] | None = None) -> tuple[Path, list[str]]:
     """The results folder ``out`` (module docstring), replacing an earlier results folder at once;
-    returns the upload's path and its problems by EcoTaxa's rules (none expected)."""
+    returns the upload's path and its problems by EcoTaxa's rules (none expected).
+
+    ``extra_columns`` (name -> ``[t]``/``[f]``) and ``extra_values`` (one dict per item) add
+    ``object_`` columns to the upload; ``upload`` (one flag per item) keeps only the flagged
+    classified rows in it (plankton-select: the picks), while predictions.csv keeps every row."""
     assert len(table) == len(inputs.items), "one result row per item, in the items' order"
     extra_columns = extra_columns or {}
     values = extra_values or [{} for _ in inputs.items]
-    rows = [UploadRow(item, result, extra) for item, result, extra in
-            zip(inputs.items, table.itertuples(index=False), values) if not result.error]
+    wanted = upload if upload is not None else [True] * len(inputs.items)
+    assert len(values) == len(wanted) == len(inputs.items), "one extra dict and one upload flag per item"
+    rows = [UploadRow(item, result, extra) for item, result, extra, keep in
+            zip(inputs.items, table.itertuples(index=False), values, wanted) if keep and not result.error]
     process = {"process_id": clean_cell(f"{run.command} {run.model} {run.model_sha256[:12]}"),
                "process_classifier": clean_cell(f"plankton-transfer {run.model}")}
     name = f"ecotaxa_{out.name}"

@@ -86,6 +86,7 @@ from plankton_transfer.evaluation.intervals import central_interval
 from plankton_transfer.params.openset import UNKNOWN_SCORES
 
 SCORES = UNKNOWN_SCORES  # params/openset.py: the names params.yaml accepts
+HEAD_SCORES = ("msp", "energy")  # computable from the head alone (Scorers.from_head); the others need training features
 METRICS = ("auroc", "fpr95", "aupr")
 HIGHER_IS_BETTER = {"auroc": True, "aupr": True, "fpr95": False}
 UNKNOWN = "unknown"
@@ -167,6 +168,23 @@ class Scorers:
     vim_basis: np.ndarray  # (D, k) orthonormal basis of the principal subspace
     vim_alpha: float
 
+    @classmethod
+    def from_head(cls, head_weight: np.ndarray, head_bias: np.ndarray, temperature: float = 1.0) -> Scorers:
+        """The scores a model file alone supports, ``msp`` and ``energy`` (HEAD_SCORES): no
+        training features, so ``mahalanobis`` and ``vim`` are refused by :meth:`score`."""
+        weight, bias = _as64(head_weight), _as64(head_bias)
+        if not temperature > 0:
+            raise ValueError(f"temperature must be positive, got {temperature}")
+        dim = weight.shape[1]
+        return cls(weight=weight, bias=bias, temperature=float(temperature), class_means=np.zeros((0, dim)),
+                   covariance_factor=np.zeros((0, 0)), shrinkage=math.nan, vim_origin=np.zeros(0),
+                   vim_basis=np.zeros((dim, 0)), vim_alpha=math.nan)
+
+    @property
+    def fitted(self) -> bool:
+        """Fitted on training features (all four scores), not made from the head alone."""
+        return len(self.class_means) > 0
+
     @property
     def vim_dimension(self) -> int:
         return int(self.vim_basis.shape[1])
@@ -180,6 +198,9 @@ class Scorers:
                   "vim": self._vim}.get(name)
         if method is None:
             raise ValueError(f"unknown score {name!r}; choose from {', '.join(SCORES)}")
+        if name not in HEAD_SCORES and not self.fitted:
+            raise ValueError(f"score {name!r} needs the model's training features (fit_unknown_scorers); "
+                             f"from the head alone: {', '.join(HEAD_SCORES)}")
         x = np.asarray(x)
         out = np.empty(len(x))
         for rows in _chunks(len(x)):

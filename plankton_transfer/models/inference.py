@@ -11,6 +11,8 @@ be read becomes a row with its error.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import time
 from typing import Callable
 
@@ -29,7 +31,23 @@ from plankton_transfer.models.model_file import ModelFile
 from plankton_transfer.models.thresholds import review_flags
 from plankton_transfer.params.image import ImageParams
 from plankton_transfer.params.pretrained import PretrainedParams
+from plankton_transfer.records import plain
 from plankton_transfer.runtime import resolve_device
+
+
+def features_fingerprint(model: ModelFile) -> str:
+    """sha256 of what decides an image's *features* under ``model`` (backbone and weights, input
+    recipe, a fine-tuned backbone), not of its head: ``ModelFile.fingerprint()`` changes with every
+    retrained head, this does not, so features cached for one model (``plankton-select``'s pool,
+    data/feature_cache.py) serve the next round's."""
+    digest = hashlib.sha256()
+    decisive = {"backbone": model.backbone, "weights": model.weights.sha256, "init_seed": model.weights.init_seed,
+                "input": plain(model.input), "feature_dim": model.feature_dim}
+    digest.update(json.dumps(decisive, sort_keys=True, default=str).encode())
+    for name in sorted(model.backbone_state or {}):
+        digest.update(f"backbone.{name}".encode())
+        digest.update(model.backbone_state[name].detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
 @dataclasses.dataclass

@@ -53,13 +53,11 @@ class UnknownDetector(Record):
     tensors: dict[str, torch.Tensor]  # what the score needs (NEEDS), float32
 
     def scorers(self, model: ModelFile) -> Scorers:
-        empty = np.zeros((0, 0))
-        arrays = {name: self.tensors[name].double().numpy() for name in NEEDS[self.score]}
-        return Scorers(weight=model.head.weight.double().numpy(), bias=model.head.bias.double().numpy(),
-                       temperature=model.temperature, class_means=arrays.get("class_means", empty),
-                       covariance_factor=arrays.get("covariance_factor", empty), shrinkage=0.0,
-                       vim_origin=arrays.get("vim_origin", np.zeros(0)), vim_basis=arrays.get("vim_basis", empty),
-                       vim_alpha=self.vim_alpha)
+        """The model's head and temperature with this detector's fitted parts."""
+        head = Scorers.from_head(model.head.weight.double().numpy(), model.head.bias.double().numpy(),
+                                 model.temperature)
+        fitted = {name: self.tensors[name].double().numpy() for name in NEEDS[self.score]}
+        return dataclasses.replace(head, vim_alpha=self.vim_alpha, **fitted)
 
     def unknown_scores(self, model: ModelFile, features: np.ndarray) -> np.ndarray:
         """(N,) scores of (N, D) feature rows; an image scoring above ``threshold`` is unknown."""
