@@ -181,3 +181,21 @@ def lite0_model(classes: tuple[str, ...] = ("a", "b", "c"), mode: str = "pad", s
     model = tiny_model(classes, seed, dim=backbone.feature_dim, backbone="efficientnet_lite0")
     return dataclasses.replace(model, weights=weights, input=dataclasses.replace(
         model.input, mode=mode, preprocess=backbone.preprocess))
+
+
+def ifcb_like_roi(rng: np.random.Generator) -> np.ndarray:
+    """A grey IFCB-style ROI: a chain of 2-6 dark blurred cells on a mid-grey, noisy background;
+    another instrument's look than the bundled FlowCam sample's colour images."""
+    from PIL import Image, ImageDraw, ImageFilter
+
+    height, width = int(rng.integers(40, 90)), int(rng.integers(80, 260))
+    img = Image.new("L", (width, height), int(rng.integers(170, 215)))
+    draw = ImageDraw.Draw(img)
+    cells, y = int(rng.integers(2, 7)), height // 2
+    size = max(6, min(height // 3, width // (2 * cells)))
+    x = int(rng.integers(size, max(size + 1, width - 2 * cells * size)))
+    for _ in range(cells):
+        draw.ellipse([x - size, y - size // 2 - 3, x + size, y + size // 2 + 3], fill=int(rng.integers(60, 120)))
+        x += 2 * size
+    pixels = np.asarray(img.filter(ImageFilter.GaussianBlur(1.2)), dtype=float) + rng.normal(0, 6, (height, width))
+    return np.clip(pixels, 0, 255).astype(np.uint8)

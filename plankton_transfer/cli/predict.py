@@ -5,14 +5,18 @@
 
 --model:  a model name (its trained model file, models/<name>.pt) or a model file's path; it
           names its backbone, weight file (found again as in the extract stage and checked
-          against the recorded sha256), input recipe, head and per-class thresholds.
+          against the recorded sha256), input recipe, head and per-class thresholds. Its
+          unknown detector (<model>.unknown.pt beside it, from the openset stage) flags images
+          of no trained class as "unknown"; --no-unknown classifies every image as a trained class.
 --input:  an image file or folder (searched recursively as in the filter stage), an unzipped
           EcoTaxa export (ecotaxa_*.tsv; labels ignored) or a folder of IFCB bins
           (.hdr/.adc/.roi), told apart automatically or by --input-type.
 --out:    a new folder (or one an earlier prediction run wrote, which is replaced whole):
-          predictions.csv (id, file, sample, predicted class, probability, needs_review and
-          why, threshold, the next classes with their probabilities, error), the EcoTaxa upload
-          ecotaxa_<folder>.zip (table + images; import it as it is) and run.json.
+          predictions.csv (id, file, sample, predicted class or unknown, probability,
+          needs_review and why, threshold, unknown score, the next classes with their
+          probabilities, error), counts.csv (per sample and class: classify and count,
+          probabilistic count, EM), the EcoTaxa upload ecotaxa_<folder>.zip (table + images;
+          import it as it is; unknown images unclassified) and run.json.
 Settings: images are opened as the model file records (image.background, size limits); the
           device (PLANKTON_DEVICE or --device), workers (PLANKTON_WORKERS or --workers) and
           pretrained.dir (--params, default params.yaml when present) say how to run.
@@ -25,14 +29,18 @@ import dataclasses
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
-from plankton_transfer.data.predictions import PredictionRun, check_output, read_taxon_names, write_results
+from plankton_transfer.data.predictions import (UNKNOWN, PredictionRun, check_output, read_taxon_names,
+                                                 write_results)
 from plankton_transfer.data.sources import KINDS, Inputs, list_inputs, readable
 from plankton_transfer.errors import UserError, run_cli
+from plankton_transfer.evaluation.abundance import sample_counts
 from plankton_transfer.evaluation.summary import file_sha256
-from plankton_transfer.models.inference import classify_items, load_predictor
+from plankton_transfer.models.inference import Classified, classify_items, load_predictor
 from plankton_transfer.models.model_file import ModelFile
+from plankton_transfer.models.unknown import UnknownDetector, detector_path
 from plankton_transfer.params.core import PARAMS_FILE, read_params, section
 from plankton_transfer.params.pretrained import PretrainedParams
 from plankton_transfer.settings import run_settings
@@ -74,6 +82,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_arguments(p)
     p.add_argument("--top-k", type=whole_number(1), default=3, help="classes listed per image")
+    p.add_argument("--no-unknown", action="store_true",
+                   help="ignore the model's unknown detector: every image gets a trained class")
     return p.parse_args(argv)
 
 
@@ -142,6 +152,29 @@ def prepare(args: argparse.Namespace, prefix_from: str = "out") -> Prepared:
                     settings.workers if args.workers is None else args.workers, prefix)
 
 
+def unknown_detector(args: argparse.Namespace, ready: Prepared) -> UnknownDetector | None:
+    """The model's unknown detector (``<model>.unknown.pt`` beside its file), unless --no-unknown."""
+    path = detector_path(ready.path)
+    if args.no_unknown:
+        return None
+    if not path.is_file():
+        print(f"note: no unknown detector {path} beside the model file (the openset stage writes it: dvc repro): "
+              f"every image gets one of the {len(ready.model.classes)} trained classes", file=sys.stderr)
+        return None
+    return UnknownDetector.load_for(path, ready.model)
+
+
+def counts_table(ready: Prepared, classified: Classified) -> pd.DataFrame:
+    """counts.csv: per sample (IFCB bin, EcoTaxa sample_id, else the input folder) and class."""
+    model, table = ready.model, classified.table
+    samples = [ready.inputs.items[i].sample or ready.inputs.root.name for i in classified.rows]
+    known = (table["predicted"].iloc[classified.rows] != UNKNOWN).to_numpy()
+    train = model.data.class_counts.get("train", {})
+    prior = np.array([train.get(c, 0) for c in model.classes], dtype=float)
+    prior = prior / prior.sum() if prior.sum() > 0 else np.full(len(model.classes), 1 / len(model.classes))
+    return sample_counts(samples, classified.proba, known, list(model.classes), prior)
+
+
 def summary_lines(name: str, inputs: Inputs, table: pd.DataFrame, seconds: float, device, upload: Path,
                   out: Path) -> list[str]:
     failed = int((table["error"] != "").sum())
@@ -154,23 +187,30 @@ def summary_lines(name: str, inputs: Inputs, table: pd.DataFrame, seconds: float
             f"{failed} failed{' (reasons in the error column)' if failed else ''}, "
             f"{ignored} ignored{f' ({details})' if details else ''}",
             f"  {int((reviewed != '').sum())} of {done} need review ({always} always: their class has no "
-            f"auto-accept threshold); {done / seconds if seconds > 0 else 0:.1f} images/s on {device}",
-            f"  -> {readable(str(out))}/: predictions.csv, {upload.name} (upload to EcoTaxa as it is), run.json"]
+            f"auto-accept threshold; {int(reviewed.str.startswith('unknown').sum())} unknown: no trained class "
+            f"fits); {done / seconds if seconds > 0 else 0:.1f} images/s on {device}",
+            f"  -> {readable(str(out))}/: predictions.csv, counts.csv, {upload.name} (upload to EcoTaxa as it is), "
+            "run.json"]
 
 
 def main(argv: list[str] | None = None) -> pd.DataFrame:
     args = parse_args(argv)
     ready = prepare(args)
+    detector = unknown_detector(args, ready)
     predictor = load_predictor(ready.model, pretrained_settings(args.params), ready.device)
-    table, seconds = classify_items(predictor, ready.inputs.items, args.batch_size, ready.workers, args.top_k)
+    classified = classify_items(predictor, ready.inputs.items, args.batch_size, ready.workers, args.top_k, detector)
+    table, seconds = classified.table, classified.seconds
     failed = int((table["error"] != "").sum())
     run = PredictionRun(command="plankton-predict", model=ready.model.name, model_file=str(ready.path),
                         model_sha256=file_sha256(ready.path), input=readable(str(args.input)),
                         input_kind=ready.inputs.kind, images=len(table) - failed, failed=failed,
                         ignored=dict(ready.inputs.ignored), ecotaxa_objects=0,
-                        settings={"top_k": args.top_k, "batch_size": args.batch_size, "device": str(predictor.device)})
+                        settings={"top_k": args.top_k, "batch_size": args.batch_size, "device": str(predictor.device),
+                                  "unknown": None if detector is None else {
+                                      "score": detector.score, "threshold": detector.threshold,
+                                      "file": str(detector_path(ready.path))}})
     upload, problems = write_results(args.out, table, ready.inputs, run, ready.taxon_names, ready.id_prefix,
-                                     predictor.image)
+                                     predictor.image, counts=counts_table(ready, classified))
     for problem in problems[:10]:
         print(f"warning: {upload}: {problem}", file=sys.stderr)
     print("\n".join(summary_lines(ready.model.name, ready.inputs, table, seconds, predictor.device, upload, args.out)))

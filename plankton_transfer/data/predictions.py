@@ -1,11 +1,14 @@
 """Writing a prediction run's results: one folder, replaced as a whole.
 
 For ``--out results/cruise42`` (``plankton-predict``, and ``plankton-select`` alike):
-- ``predictions.csv``: one row per image or ROI (id, file, sample, predicted class, probability,
-  review flag and reason, ..., error);
+- ``predictions.csv``: one row per image or ROI (id, file, sample, predicted class or
+  ``unknown``, probability, review flag and reason, unknown score, ..., error);
+- ``counts.csv``: per sample, the images of each class by classify and count, probabilistic
+  count and EM (evaluation/abundance.py ``sample_counts``), unknown images apart;
 - ``ecotaxa_cruise42.zip``: what EcoTaxa imports (docs/formats.md): ``ecotaxa_cruise42.tsv``
-  (UTF-8 with a byte-order mark; status ``predicted``; the probability, review flag and reason
-  and the original file name in free columns; ``process_id`` with ``process_classifier``) and
+  (UTF-8 with a byte-order mark; status ``predicted``, except images flagged unknown, which
+  are left unclassified (no status, no category) for a person to sort; the probability, review
+  flag and reason, the unknown score and the original file name in free columns; ``process_id`` with ``process_classifier``) and
   ``images/`` with every image it names. Images are copied, never linked to the originals (an
   edit of the upload copy never touches a field image); a format EcoTaxa does not take (TIFF,
   BMP, WebP, PNM) is converted to PNG; IFCB ROIs are written as PNG;
@@ -39,6 +42,7 @@ from plankton_transfer.params.image import ImageParams
 from plankton_transfer.records import Record
 
 RUN_FILE = "run.json"
+UNKNOWN = "unknown"  # the class of an image the model's unknown detector flags (models/unknown.py)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,19 +169,23 @@ def ecotaxa_rows(rows: list[UploadRow], inputs: Inputs, images: zipfile.ZipFile,
         name = unique(name, used_names)
         images.writestr(f"images/{name}", data, compress_type=zipfile.ZIP_STORED)
         object_id = unique(object_id_of(item, inputs.kind, id_prefix), used_ids)
+        unknown = result.predicted == UNKNOWN
+        scored = {"object_unknown_score": result.unknown_score} if hasattr(result, "unknown_score") else {}
         table.append({"object_id": object_id, "img_file_name": f"images/{name}",
-                      "object_annotation_status": "predicted",
-                      "object_annotation_category": taxon_names.get(result.predicted, result.predicted),
+                      "object_annotation_status": "" if unknown else "predicted",
+                      "object_annotation_category": "" if unknown else taxon_names.get(result.predicted,
+                                                                                        result.predicted),
                       "object_classif_score": result.probability, "object_needs_review": int(result.needs_review),
                       "object_review_reason": result.review_reason, "object_original_file": clean_cell(item.file)[:TEXT_LIMIT],
-                      **row.extra, "sample_id": item.sample or inputs.root.name, **process})
+                      **scored, **row.extra, "sample_id": item.sample or inputs.root.name, **process})
     return table
 
 
-def table_columns(extra: dict[str, str], with_samples: bool) -> dict[str, str]:
+def table_columns(extra: dict[str, str], with_samples: bool, with_unknown: bool) -> dict[str, str]:
     columns = {"object_id": "[t]", "img_file_name": "[t]", "object_annotation_status": "[t]",
                "object_annotation_category": "[t]", "object_classif_score": "[f]", "object_needs_review": "[f]",
-               "object_review_reason": "[t]", "object_original_file": "[t]", **extra}
+               "object_review_reason": "[t]", "object_original_file": "[t]"}
+    columns |= ({"object_unknown_score": "[f]"} if with_unknown else {}) | extra
     if with_samples:
         columns["sample_id"] = "[t]"
     return columns | {"process_id": "[t]", "process_classifier": "[t]"}
@@ -186,13 +194,14 @@ def table_columns(extra: dict[str, str], with_samples: bool) -> dict[str, str]:
 def write_results(out: Path, table: pd.DataFrame, inputs: Inputs, run: PredictionRun, taxon_names: dict[str, str],
                   id_prefix: str, image_cfg: ImageParams, extra_columns: dict[str, str] | None = None,
                   extra_values: list[dict] | None = None,
-                  upload: list[bool] | None = None) -> tuple[Path, list[str]]:
+                  upload: list[bool] | None = None, counts: pd.DataFrame | None = None) -> tuple[Path, list[str]]:
     """The results folder ``out`` (module docstring), replacing an earlier results folder at once;
     returns the upload's path and its problems by EcoTaxa's rules (none expected).
 
     ``extra_columns`` (name -> ``[t]``/``[f]``) and ``extra_values`` (one dict per item) add
     ``object_`` columns to the upload; ``upload`` (one flag per item) keeps only the flagged
-    classified rows in it (plankton-select: the picks), while predictions.csv keeps every row."""
+    classified rows in it (plankton-select: the picks), while predictions.csv keeps every row;
+    ``counts``: counts.csv (per sample and class)."""
     assert len(table) == len(inputs.items), "one result row per item, in the items' order"
     extra_columns = extra_columns or {}
     values = extra_values or [{} for _ in inputs.items]
@@ -206,10 +215,13 @@ def write_results(out: Path, table: pd.DataFrame, inputs: Inputs, run: Predictio
     with atomic_path(out, directory=True, replaceable=is_results_folder) as folder:
         folder.mkdir()
         write_csv(folder / "predictions.csv", table)
+        if counts is not None:
+            write_csv(folder / "counts.csv", counts)
         with zipfile.ZipFile(folder / f"{name}.zip", "w") as upload:
             records = ecotaxa_rows(rows, inputs, upload, taxon_names, process, id_prefix, image_cfg)
             with_samples = any(r.item.sample for r in rows)
-            upload.writestr(f"{name}.tsv", table_text(table_columns(extra_columns, with_samples), records))
+            columns = table_columns(extra_columns, with_samples, "unknown_score" in table.columns)
+            upload.writestr(f"{name}.tsv", table_text(columns, records))
         problems = check_upload(folder / f"{name}.zip")
         dataclasses.replace(run, ecotaxa_objects=len(records)).save_json(folder / RUN_FILE)
     return out / f"{name}.zip", problems

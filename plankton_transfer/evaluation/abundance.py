@@ -266,3 +266,33 @@ def per_sample_abundance(sample_ids: np.ndarray, y_test: np.ndarray, proba_test:
                                                                       row["mean_mae"])
         summary.append(row)
     return PerSampleAbundance(per_sample=per_sample, summary=pd.DataFrame(summary), support=support)
+
+
+COUNT_METHODS = ("classify_count", "probabilistic_count", "em")  # what predict can estimate per sample
+
+
+def sample_counts(samples: list[str], proba: np.ndarray, known: np.ndarray, classes: list[str],
+                  source_prior: np.ndarray) -> pd.DataFrame:
+    """Images of each class in each sample of new images, by the methods that need no labelled
+    data beyond the model (COUNT_METHODS; the adjusted count needs validation confusion rates,
+    which a model file does not hold). ``proba`` (N, C): calibrated probabilities of the
+    classified images, ``samples`` their sample names, ``known`` False for an image flagged
+    unknown: those are counted in a row of their own (class ``unknown``) and left out of the
+    estimates. ``source_prior``: the class proportions the head was trained under (EM)."""
+    proba = np.asarray(proba, dtype=float)
+    samples, known = np.asarray(samples, dtype=object), np.asarray(known, dtype=bool)
+    rows = []
+    for sample in sorted(set(samples.tolist())):
+        mine = samples == sample
+        p = proba[mine & known]
+        n = len(p)
+        estimates = {"classify_count": class_proportions(p.argmax(axis=1), len(classes)) if n else np.zeros(len(classes)),
+                     "probabilistic_count": probabilistic_proportions(p) if n else np.zeros(len(classes)),
+                     "em": em_proportions(p, source_prior)[0] if n else np.zeros(len(classes))}
+        for c, name in enumerate(classes):
+            rows.append({"sample": sample, "class": name, "images": int(mine.sum()),
+                         **{m: round(float(n * estimates[m][c]), 2) for m in COUNT_METHODS}})
+        flagged = int((mine & ~known).sum())
+        rows.append({"sample": sample, "class": "unknown", "images": int(mine.sum()),
+                     **{m: float(flagged) for m in COUNT_METHODS}})
+    return pd.DataFrame(rows, columns=["sample", "class", "images", *COUNT_METHODS])

@@ -89,7 +89,6 @@ SCORES = UNKNOWN_SCORES  # params/openset.py: the names params.yaml accepts
 HEAD_SCORES = ("msp", "energy")  # computable from the head alone (Scorers.from_head); the others need training features
 METRICS = ("auroc", "fpr95", "aupr")
 HIGHER_IS_BETTER = {"auroc": True, "aupr": True, "fpr95": False}
-UNKNOWN = "unknown"
 CHUNK_ROWS = 4096  # rows converted to float64 at once when scoring
 
 TrainHead = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
@@ -180,10 +179,11 @@ class Scorers:
                    covariance_factor=np.zeros((0, 0)), shrinkage=math.nan, vim_origin=np.zeros(0),
                    vim_basis=np.zeros((dim, 0)), vim_alpha=math.nan)
 
-    @property
-    def fitted(self) -> bool:
-        """Fitted on training features (all four scores), not made from the head alone."""
-        return len(self.class_means) > 0
+    def supports(self, name: str) -> bool:
+        """Whether score ``name`` can be computed: msp and energy always; mahalanobis and vim
+        once fitted on training features (fit_unknown_scorers, or a detector that stores them)."""
+        return (name in HEAD_SCORES or (name == "mahalanobis" and len(self.class_means) > 0)
+                or (name == "vim" and len(self.vim_origin) > 0))
 
     @property
     def vim_dimension(self) -> int:
@@ -198,7 +198,7 @@ class Scorers:
                   "vim": self._vim}.get(name)
         if method is None:
             raise ValueError(f"unknown score {name!r}; choose from {', '.join(SCORES)}")
-        if name not in HEAD_SCORES and not self.fitted:
+        if not self.supports(name):
             raise ValueError(f"score {name!r} needs the model's training features (fit_unknown_scorers); "
                              f"from the head alone: {', '.join(HEAD_SCORES)}")
         x = np.asarray(x)

@@ -23,12 +23,14 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from plankton_transfer.data.images import BadImage
+from plankton_transfer.data.predictions import UNKNOWN
 from plankton_transfer.data.loading import default_workers
 from plankton_transfer.data.preprocess import draft_size, make_transform
 from plankton_transfer.data.sources import Item, load_item, readable
 from plankton_transfer.models.feature_net import FeatureExtractor, autocast_dtype, network_for
 from plankton_transfer.models.model_file import ModelFile
 from plankton_transfer.models.thresholds import review_flags
+from plankton_transfer.models.unknown import UnknownDetector
 from plankton_transfer.params.image import ImageParams
 from plankton_transfer.params.pretrained import PretrainedParams
 from plankton_transfer.records import plain
@@ -118,14 +120,27 @@ def classify_features(predictor: Predictor, items: list[Item], batch_size: int =
     return features, errors, time.perf_counter() - start
 
 
+@dataclasses.dataclass
+class Classified:
+    table: pd.DataFrame  # one row per item (result_table)
+    proba: np.ndarray  # (classified rows, classes): calibrated probabilities, in item order
+    rows: list[int]  # the item index of each row of ``proba``
+    seconds: float
+
+
 def classify_items(predictor: Predictor, items: list[Item], batch_size: int = 32, workers: int = -1,
-                   top_k: int = 3) -> tuple[pd.DataFrame, float]:
-    """One row per item (see :func:`result_table`) and the seconds spent classifying."""
+                   top_k: int = 3, detector: UnknownDetector | None = None) -> Classified:
+    """Every item classified (see :func:`result_table`), flagged unknown by ``detector`` where it
+    scores over its threshold, with the seconds spent."""
     features, errors, seconds = classify_features(predictor, items, batch_size, workers)
     done = sorted(features)
     rows = np.stack([features[i] for i in done]) if done else np.zeros((0, predictor.model.feature_dim), np.float16)
-    proba = dict(zip(done, predictor.model.probabilities(rows)))
-    return result_table(predictor.model, items, proba, errors, top_k), seconds
+    matrix = predictor.model.probabilities(rows)
+    proba = dict(zip(done, matrix))
+    unknown = None if detector is None else dict(zip(done, detector.unknown_scores(predictor.model, rows)))
+    table = result_table(predictor.model, items, proba, errors, top_k, unknown,
+                         None if detector is None else detector.threshold)
+    return Classified(table, matrix, done, seconds)
 
 
 def review_reasons(model: ModelFile, predicted: np.ndarray, probability: np.ndarray) -> list[str]:
@@ -149,9 +164,13 @@ def review_reasons(model: ModelFile, predicted: np.ndarray, probability: np.ndar
 
 
 def result_table(model: ModelFile, items: list[Item], proba: dict[int, np.ndarray], errors: dict[int, str],
-                 top_k: int) -> pd.DataFrame:
+                 top_k: int, unknown: dict[int, float] | None = None,
+                 unknown_threshold: float | None = None) -> pd.DataFrame:
     """Columns: id, file, sample, predicted, probability, needs_review, review_reason, threshold,
-    top2_class, top2_probability, ... topK, error (empty when the image was classified)."""
+    [unknown_score, best_class,] top2_class, top2_probability, ... topK, error (empty when the
+    image was classified). With ``unknown`` scores (models/unknown.py), an image scoring over
+    ``unknown_threshold`` is predicted ``unknown`` and reviewed; ``best_class`` keeps the class
+    the head gave it, and ``probability`` that class's probability."""
     classes = model.classes
     k = max(1, min(top_k, len(classes)))
     done = sorted(proba)
@@ -165,6 +184,13 @@ def result_table(model: ModelFile, items: list[Item], proba: dict[int, np.ndarra
         limit = model.thresholds.per_class.get(top[0][0])
         row = {"predicted": top[0][0], "probability": top[0][1], "needs_review": bool(reasons[n]),
                "review_reason": reasons[n], "threshold": None if limit is None else round(limit, 6)}
+        if unknown is not None:
+            score = float(unknown[i])
+            row |= {"unknown_score": round(score, 6), "best_class": top[0][0]}
+            if score > unknown_threshold:
+                row |= {"predicted": UNKNOWN, "needs_review": True,
+                        "review_reason": f"unknown: its unknown score {score:.4g} is over the threshold "
+                                         f"{unknown_threshold:.4g}; no trained class fits it"}
         for rank, (name, p) in enumerate(top[1:], start=2):
             row.update({f"top{rank}_class": name, f"top{rank}_probability": p})
         rows[i] = row
@@ -172,5 +198,6 @@ def result_table(model: ModelFile, items: list[Item], proba: dict[int, np.ndarra
     table = pd.DataFrame([{"id": item.id, "file": item.file, "sample": item.sample, **rows.get(i, unread),
                            "error": errors.get(i, "")} for i, item in enumerate(items)])
     columns = ["id", "file", "sample", "predicted", "probability", "needs_review", "review_reason", "threshold"]
+    columns += ["unknown_score", "best_class"] if unknown is not None else []
     columns += [f"top{r}_{kind}" for r in range(2, k + 1) for kind in ("class", "probability")] + ["error"]
     return table.reindex(columns=columns)

@@ -24,7 +24,6 @@ from plankton_transfer.models.model_file import ModelFile
 from plankton_transfer.models.torch_files import load_tensor_file
 from plankton_transfer.records import Record
 
-UNKNOWN = "unknown"  # the label predict gives an image over the threshold
 SUFFIX = ".unknown.pt"
 NEEDS = {"msp": (), "energy": (), "mahalanobis": ("class_means", "covariance_factor"),
          "vim": ("vim_origin", "vim_basis")}
