@@ -9,7 +9,8 @@ Outputs: ``--out-dir`` (one folder):
            run.json          how the numbers were made: weights, sha256, input recipe, training
                              params, seeds, versions, timings (RunRecord);
            per_class.csv, misclassified.csv, predictions.csv (every test image: compare's paired
-                             tests), abundance.csv, review.csv (accuracy against the fraction
+                             tests), abundance.csv (and abundance_per_sample.csv when the
+                             test images' samples are known), review.csv (accuracy against the fraction
                              auto-accepted);
          ``--plots-dir``: confusion.png, review.png, reliability.png, abundance.png;
          DVC plot data: ``--confusion`` (actual/predicted rows), ``--reliability`` (reliability
@@ -62,6 +63,8 @@ def write_tables(folder: Path, plots: Path, model: ModelFile, result: Evaluation
     write_csv(folder / "misclassified.csv", misclassified(paths, y, proba, classes))
     write_csv(folder / "predictions.csv", predictions_table(paths, y, proba, classes))
     write_csv(folder / "abundance.csv", a.abundance_table)
+    if a.per_sample is not None:
+        write_csv(folder / "abundance_per_sample.csv", a.per_sample.per_sample.round(4))
     write_threshold_report(model, y, proba, [folder / "review.csv", review_curve], plots / "review.png")
 
 
@@ -83,8 +86,10 @@ def main(argv: list[str] | None = None) -> Evaluation:
     params = read_params(args.params)
     cfg, seed = section(StatsParams, params, "stats"), section(BaseParams, params, "base").seed
     model, meta = ModelFile.load(args.model_file), load_meta(args.features)
-    result = evaluate_model(model, args.features, meta, cfg, seed)
-    paths = read_splits(args.split_dir)["test"]["path"]
+    test = read_splits(args.split_dir)["test"]
+    samples = test["sample"].to_numpy() if "sample" in test else None
+    result = evaluate_model(model, args.features, meta, cfg, seed, samples)
+    paths = test["path"]
     y = result.assessment.labels["test"]
     assert len(paths) == len(y), "test features and the split's test.csv disagree: re-run extract"
     with atomic_path(args.out_dir, directory=True) as folder, atomic_path(args.plots_dir, directory=True) as plots:

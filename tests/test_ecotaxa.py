@@ -35,6 +35,7 @@ def test_filter_and_split_train_on_the_validated_objects_of_an_export(tmp_path):
     assert report["layout"] == "EcoTaxa export"
     assert manifest["class"].value_counts().to_dict() == expected["classes"]  # the non-ASCII taxon included
     assert all((raw / p).is_file() for p in manifest["path"])  # paths relative to data.raw
+    assert (manifest["sample"] == manifest["path"].str.split("/").str[0]).all()  # sample_id, for per-sample counts
     entries = {e["path"]: e for e in report["ignored"]["entries"]}
     assert entries[expected["missing"]]["reason"] == "missing image" and entries[expected["missing"]]["files"] == 0
     assert "sample_a/ecotaxa_sample_a.tsv line" in entries[expected["missing"]]["listed_in"]

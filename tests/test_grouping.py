@@ -99,6 +99,7 @@ def test_a_group_regex_keeps_each_sample_in_one_split_and_is_deterministic(filte
     parts, metrics, _ = run_split(root, "regex", group=SAMPLE_PATTERN)
     sample = parts["path"].str.extract(SAMPLE_PATTERN)[0]
     assert (parts["group"] == sample).all() and sample.nunique() == BASES
+    assert (parts["sample"] == sample).all()  # the pattern's group is each image's sample (evaluate's per-sample counts)
     assert parts.groupby(sample)["split"].nunique().max() == 1
     assert set(parts["split"]) == {"train", "val", "test"}
     again, _, _ = run_split(root, "regex_again", group=SAMPLE_PATTERN)

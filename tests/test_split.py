@@ -84,8 +84,8 @@ def test_stage_main(tmp_path):
     assert metrics["sizes"] == {"train": 16, "val": 2, "test": 2}
     assert metrics["leakage"]["near_duplicate_pairs"] == 0 and metrics["fraction_difference"] == 0.0
     test = pd.read_csv(tmp_path / "split" / "test.csv", keep_default_na=False)
-    assert set(test["split"]) == {"test"} and list(test.columns) == [*m.columns, "group"]
-    assert (test["group"] == "").all()  # split.group: none
+    assert set(test["split"]) == {"test"} and list(test.columns) == [*m.columns, "sample", "group"]
+    assert (test["group"] == "").all() and (test["sample"] == "").all()  # split.group: none, no sample_id
 
 
 def test_reports_default_to_beside_the_output_folder(tmp_path, monkeypatch):

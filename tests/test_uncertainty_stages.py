@@ -71,7 +71,8 @@ def run_stages(root):
     for s, n in SIZES.items():
         y = np.arange(n) % 3
         pd.DataFrame({"path": [f"{s}/{j}.jpg" for j in range(n)], "class": [CLASSES[v] for v in y], "label": y,
-                      "group": ""}).to_csv(split / f"{s}.csv", index=False)
+                      "sample": [f"station{j % 3}" for j in range(n)], "group": ""}).to_csv(split / f"{s}.csv",
+                                                                                          index=False)
     models = {"sharp": 1.0, "blurry": 4.0}
     params = write_params(root / "params.yaml", models=list(models), train={"max_epochs": 8, "lr": 0.05},
                           crossval={"folds": 3, "repeats": 1}, stats={"resamples": 500},
@@ -165,6 +166,15 @@ def test_compare_shows_the_abundance_baselines_and_any_convergence_warning(pipel
             assert f"- {name}: adjusted count not used: {a['adjusted_count_reason']}" in abundance
         run = RunRecord.load_json(root / "evaluate" / name / "run.json")
         assert run.convergence_warning == summary.convergence_warning
+        per_sample = {row["method"]: row for row in a["per_sample"]}  # three stations in the test split
+        assert per_sample["classify_count"]["samples"] == 3
+        c = per_sample["classify_count"]
+        assert c["mean_mae_lo"] <= c["mean_mae"] <= c["mean_mae_hi"]
+        table = pd.read_csv(root / "evaluate" / name / "abundance_per_sample.csv")
+        assert sorted(table["sample"]) == ["station0", "station1", "station2"]
+        assert table["classify_count"].mean() == pytest.approx(c["mean_mae"], abs=1e-3)
+        row = next(line for line in text.split("### Per sample")[1].splitlines() if line.startswith(f"| {name} |"))
+        assert f"{c['mean_mae']:.3f} [{c['mean_mae_lo']:.3f}, {c['mean_mae_hi']:.3f}]" in row
         training = ModelFile.load(root / "models" / f"{name}.pt").training
         if training.best_epoch > 8 - CONVERGENCE_MARGIN:  # train.max_epochs is 8 in this fixture
             assert summary.convergence_warning and summary.convergence_warning in text

@@ -215,7 +215,8 @@ def scan_ecotaxa(raw: str | Path, cfg: EcotaxaParams) -> Scan:
             if why:
                 scan.ignored.append(decided[row.path])
             else:
-                scan.candidates.append(Candidate(path=row.path, label_name=label, split=""))
+                scan.candidates.append(Candidate(path=row.path, label_name=label, split="",
+                                                 sample=row.values.get("sample_id", "").strip()))
                 scan.class_folders[label] = scan.class_folders.get(label, 0) + 1
     account_files(raw, scan, decided, {t.relative_to(raw).as_posix() for t in tables}, mapping_name)
     scan.outside_links = linked_folders_outside(raw, [c.path for c in scan.candidates])

@@ -24,8 +24,10 @@ from plankton_transfer.params.filter import FilterParams
 from plankton_transfer.params.image import ImageParams
 
 # format and converted tell the extract stage which files GPU JPEG decoding can take as they are;
-# phash (perceptual hash) lets the split stage find near-duplicates (plankton_transfer/data/leakage.py)
-MANIFEST_COLUMNS = ["path", "class", "label", "split", "sha256", "width", "height", "format", "converted", "phash"]
+# phash (perceptual hash) lets the split stage find near-duplicates (plankton_transfer/data/leakage.py);
+# sample (EcoTaxa sample_id, else empty) lets evaluate judge abundance per sample
+MANIFEST_COLUMNS = ["path", "class", "label", "split", "sha256", "width", "height", "format", "converted", "phash",
+                    "sample"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,7 +76,7 @@ def build_manifest(kept: list[tuple[Candidate, ImageCheck]]) -> pd.DataFrame:
     label_of = {name: i for i, name in enumerate(classes)}
     rows = [
         (c.path, c.label_name, label_of[c.label_name], c.split, chk.sha256, chk.width, chk.height, chk.format,
-         bool(chk.conversions), chk.phash)
+         bool(chk.conversions), chk.phash, c.sample)
         for c, chk in kept
     ]
     return pd.DataFrame(rows, columns=MANIFEST_COLUMNS)

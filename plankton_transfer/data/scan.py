@@ -39,6 +39,7 @@ class Candidate:
     path: str  # POSIX path relative to the dataset root
     label_name: str
     split: str  # "" unless the dataset came with split folders
+    sample: str = ""  # the sample it was imaged in, where the input says (EcoTaxa sample_id)
 
 
 @dataclasses.dataclass

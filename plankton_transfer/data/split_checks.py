@@ -34,6 +34,7 @@ def split_and_check(manifest: pd.DataFrame, fractions: SplitParams, seed: int, l
     manifest = manifest.reset_index(drop=True)
     pairs = near_duplicates(manifest, fractions.near_duplicate_distance, fractions.near_duplicate_similarity, load)
     groups, grouping = group_ids(manifest, fractions, pairs)
+    manifest = manifest.assign(sample=sample_names(manifest, groups, grouping["mode"]))
     if groups is None:
         parts = split_manifest(manifest, fractions, seed)
     else:
@@ -50,6 +51,17 @@ def split_and_check(manifest: pd.DataFrame, fractions: SplitParams, seed: int, l
     metrics = {"sizes": {name: len(part) for name, part in parts.items()},
                "leakage": leakage, "fraction_difference": fractions_seen["largest_difference"]}
     return SplitResult(parts, across, report, metrics)
+
+
+def sample_names(manifest: pd.DataFrame, groups: pd.Series | None, mode: str) -> pd.Series:
+    """Each image's sample: the manifest's (EcoTaxa sample_id), else the group a ``split.group``
+    pattern found in its path (an IFCB bin, a station), else empty (evaluate then cannot judge
+    abundance per sample)."""
+    sample = manifest["sample"].astype(str) if "sample" in manifest else pd.Series("", index=manifest.index)
+    if mode == "regex":
+        found = groups.where(groups != manifest["path"].astype(str), "")  # a path the pattern missed is its own group
+        sample = sample.where(sample != "", found)
+    return sample
 
 
 def classes_missing(parts: dict[str, pd.DataFrame]) -> dict[str, list[str]]:

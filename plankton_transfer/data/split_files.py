@@ -10,7 +10,7 @@ import pandas as pd
 from plankton_transfer.errors import UserError
 
 SPLITS = ("train", "val", "test")
-TEXT_COLUMNS = {"path": str, "class": str, "split": str, "sha256": str, "phash": str, "group": str}
+TEXT_COLUMNS = {"path": str, "class": str, "split": str, "sha256": str, "phash": str, "group": str, "sample": str}
 
 
 def read_manifest(path: Path) -> pd.DataFrame:

@@ -194,7 +194,31 @@ def abundance_section(results: list[ModelResults], evaluations: Path) -> str:
         cells = " | ".join(f"{100 * t.loc[i, 'classify_count']:.1f} | {percent(t.loc[i, 'adjusted_count'])}"
                            for t in tables.values())
         text += f"| {row['class']} | {100 * row['true']:.1f} | {cells} |\n"
-    return text + "\nBar charts: `plots/evaluate/<model>/abundance.png`.\n"
+    return text + per_sample_section(results) + "\nBar charts: `plots/evaluate/<model>/abundance.png`.\n"
+
+
+def per_sample_section(results: list[ModelResults]) -> str:
+    """Abundance judged per sample (González et al. 2017): each test sample's composition
+    estimated from its own images; where the samples are known (EcoTaxa sample_id, split.group)."""
+    done = [r for r in results if r.summary.abundance.get("per_sample")]
+    if not done:
+        return ("\nPer sample: the test images' samples are not known (EcoTaxa sample_id, or a split.group pattern "
+                "such as an IFCB bin id), so abundance is judged on the test split as one sample only.\n")
+    text = ("\n### Per sample\n\nEach test sample's composition estimated from its own images; error: the mean "
+            "absolute difference of class proportions over the classes (MAE), averaged over the samples, with a "
+            "bootstrap interval over samples.\n\n| Model | Samples | "
+            + " | ".join(label for _, label in ABUNDANCE_COLUMNS) + " |\n|---|---:|" + "---:|" * len(ABUNDANCE_COLUMNS)
+            + "\n")
+    for r in done:
+        rows = {row["method"]: row for row in r.summary.abundance["per_sample"]}
+        cells = []
+        for method, _ in ABUNDANCE_COLUMNS:
+            row = rows.get(method)
+            cells.append("not used" if row is None or not row["used"] or row["mean_mae"] is None else
+                         f"{row['mean_mae']:.3f} [{row['mean_mae_lo']:.3f}, {row['mean_mae_hi']:.3f}]")
+        samples = next(iter(rows.values()))["samples"]
+        text += f"| {r.name} | {samples} | " + " | ".join(cells) + " |\n"
+    return text
 
 
 def percent(value) -> str:

@@ -58,10 +58,12 @@ def run_record(model: ModelFile, fingerprint: str, meta: FeatureMeta) -> RunReco
                      train_features=stable_placement(t.features))
 
 
-def evaluate_model(model: ModelFile, features: Path, meta: FeatureMeta, cfg: StatsParams, seed: int) -> Evaluation:
-    """Every number the evaluate stage reports for one model."""
+def evaluate_model(model: ModelFile, features: Path, meta: FeatureMeta, cfg: StatsParams, seed: int,
+                   test_samples: np.ndarray | None = None) -> Evaluation:
+    """Every number the evaluate stage reports for one model (``test_samples``: each test image's
+    sample, "" where unknown, for per-sample abundance)."""
     fingerprint = model.fingerprint()
-    assessment = assess(model, features, cfg, seed)
+    assessment = assess(model, features, cfg, seed, test_samples)
     t = model.training
     summary = EvaluationSummary(
         model=model.name, model_fingerprint=fingerprint, pretrained=model.pretrained, weights=model.weights.description,

@@ -10,7 +10,8 @@ import numpy as np
 import pandas as pd
 
 from plankton_transfer.data.features import load_split
-from plankton_transfer.evaluation.abundance import abundance_comparison, class_proportions
+from plankton_transfer.evaluation.abundance import (PerSampleAbundance, abundance_comparison, class_proportions,
+                                                    per_sample_abundance)
 from plankton_transfer.evaluation.calibration import (bootstrap_ece, calibration_summary, calibration_verdict,
                                                       reliability_rows, reliability_table, scaled_probabilities)
 from plankton_transfer.evaluation.intervals import central_interval, metric_intervals, wilson_interval
@@ -31,6 +32,7 @@ class Assessment:
     calibration: CalibrationScores
     abundance: dict  # per method <method>_error and _mae; adjusted_count_used and _reason
     abundance_table: pd.DataFrame  # class, true, then each method's test proportions
+    per_sample: PerSampleAbundance | None  # when the test images' samples are known (two or more)
     review: list[ReviewScores]
     reliability_rows: list[dict]  # DVC plot data (test split)
     reliability: dict[str, pd.DataFrame]  # "before"/"after": the test split's bins, for the figure
@@ -97,8 +99,27 @@ def review_scores(model: ModelFile, split: str, y: np.ndarray, proba: np.ndarray
     return ReviewScores(split=split, accepted=n, images=len(y), precision=precision, classes_without_threshold=missing)
 
 
-def assess(model: ModelFile, features: Path, cfg: StatsParams, seed: int) -> Assessment:
-    """Metrics with intervals for val and test, calibration, test abundance, the review trade-off."""
+MIN_SAMPLES = 2  # test samples needed to judge abundance per sample
+
+
+def sample_abundance(samples: np.ndarray | None, labels: dict, proba: dict, prior: np.ndarray, n_classes: int,
+                     cfg: StatsParams, seed: int) -> PerSampleAbundance | None:
+    """Every estimator's error per test sample, over the test images whose sample is known."""
+    if samples is None:
+        return None
+    samples = np.asarray(samples, dtype=str)
+    known = samples != ""
+    if len(set(samples[known])) < MIN_SAMPLES:
+        return None
+    return per_sample_abundance(samples[known], labels["test"][known], proba["test"][known], labels["val"],
+                                proba["val"].argmax(axis=1), n_classes, source_prior=prior, n_boot=cfg.resamples,
+                                confidence=cfg.confidence, seed=seed)
+
+
+def assess(model: ModelFile, features: Path, cfg: StatsParams, seed: int,
+           test_samples: np.ndarray | None = None) -> Assessment:
+    """Metrics with intervals for val and test, calibration, test abundance (per sample too where
+    ``test_samples`` names each test image's sample), the review trade-off."""
     n_classes = len(model.classes)
     logits, labels, proba = {}, {}, {}
     for split in ("val", "test"):
@@ -109,11 +130,16 @@ def assess(model: ModelFile, features: Path, cfg: StatsParams, seed: int) -> Ass
     train_prior = class_proportions(load_split(features, "train")[1], n_classes)  # the head's posteriors assume it
     table, abundance = abundance_comparison(labels["val"], proba["val"].argmax(axis=1), labels["test"], proba["test"],
                                             list(model.classes), source_prior=train_prior)
+    per_sample = sample_abundance(test_samples, labels, proba, train_prior, n_classes, cfg, seed)
+    if per_sample is not None:
+        abundance["per_sample"] = [{k: rounded(v) for k, v in row.items()}
+                                   for row in per_sample.summary.to_dict(orient="records")]
     bins = {name: reliability_table(scaled_probabilities(logits["test"], t), labels["test"], cfg.calibration_bins)
             for name, t in (("before", 1.0), ("after", model.temperature))}
     return Assessment(labels=labels, proba=proba, splits=splits,
                       calibration=calibration_scores(model, logits, labels, cfg, seed),
                       abundance={k: rounded(v) for k, v in abundance.items()}, abundance_table=table.round(DIGITS),
+                      per_sample=per_sample,
                       review=[review_scores(model, s, labels[s], proba[s], cfg.confidence) for s in ("val", "test")],
                       reliability_rows=reliability_rows(logits["test"], labels["test"], model.temperature,
                                                         cfg.calibration_bins),
