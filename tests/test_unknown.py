@@ -128,3 +128,23 @@ def test_a_model_trained_on_flowcam_images_flags_another_instruments_rois_as_unk
     # ViM, the residual outside the known classes' feature subspace, flags most images of another
     # instrument; msp (measured 0.4 here) depends on how unsure the head happens to be about them
     assert flagged["vim"] >= 0.8, flagged
+
+
+def test_select_unknown_first_ranks_by_the_models_detector_when_it_has_one(tmp_path):
+    import json
+
+    from plankton_transfer.cli import select
+
+    model = tiny_model(classes=("a", "b", "c"))
+    path = tmp_path / "m.pt"
+    model.save(path)
+    UnknownDetector(model=model.name, model_fingerprint=model.fingerprint(), score="msp", chosen_by="test",
+                    threshold=0.5, target_known_kept=0.95, val_known_kept=1.0, vim_alpha=1.0,
+                    tensors={}).save(detector_path(path))
+    pool = make_dataset(tmp_path / "pool", {"x": 5})
+    table = select.main(["--model", str(path), "--input", str(pool), "--out", str(tmp_path / "out"), "-n", "2",
+                         "--strategy", "unknown_first", *CPU])
+    run = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert run["settings"]["unknown_score"] == "msp"
+    assert (table["unknown_msp"] - (1 - table["probability"])).abs().max() < 1e-3  # msp: 1 - top probability
+    assert set(table[table["selected"]]["unknown_msp"]) == set(table["unknown_msp"].nlargest(2))

@@ -32,8 +32,9 @@ and what it writes is acted on by a person in EcoTaxa, whose labels come back th
             pipeline (data/features/<model>/: the training images) or an image folder. An
             EcoTaxa pool's own validated objects always count as labelled. With nothing
             labelled, k-center starts from the image nearest the pool's mean.
---unknown-score: for unknown_first: energy (default) or msp, both from the model's head;
-            mahalanobis and vim need the training features and are refused.
+--unknown-score: for unknown_first: by default the model's unknown detector (the openset
+            stage's score and fit, <model>.unknown.pt beside the model file), else energy; msp
+            and energy work from the head alone, mahalanobis and vim only through the detector.
 --out:      the results folder, as plankton-predict's: predictions.csv (every pool image:
             predict's columns plus selected, selection_rank and the strategy's value), the
             EcoTaxa upload ecotaxa_<folder>.zip with the picked images only (status predicted,
@@ -63,6 +64,7 @@ from plankton_transfer.data.sources import KINDS, Inputs, Item, list_inputs, rea
 from plankton_transfer.data.split_files import SPLITS
 from plankton_transfer.errors import UserError, run_cli
 from plankton_transfer.evaluation.openset import HEAD_SCORES, SCORES, Scorers
+from plankton_transfer.models.unknown import UnknownDetector, detector_path
 from plankton_transfer.evaluation.summary import file_sha256
 from plankton_transfer.models.inference import classify_features, features_fingerprint, load_predictor, result_table
 from plankton_transfer.models.model_file import ModelFile
@@ -87,7 +89,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--labelled", type=Path, help="what is labelled already: an EcoTaxa export (its validated objects "
                                                  "leave the pool); for kcenter also a features folder "
                                                  "(data/features/<model>) or an image folder")
-    p.add_argument("--unknown-score", choices=SCORES, default="energy", help="unknown_first's score (default: energy)")
+    p.add_argument("--unknown-score", choices=SCORES, help="unknown_first's score (default: the model's unknown detector, "
+                                                           "<model>.unknown.pt from the openset stage, else energy)")
     p.add_argument("--top-k", type=whole_number(1), default=3, help="classes listed per image in predictions.csv")
     return p.parse_args(argv)
 
@@ -295,15 +298,29 @@ def usable_message(count: int, usable: int, total: int, errors: dict[int, str], 
 
 # ---- the command ----
 
+def unknown_scorer(args: argparse.Namespace, ready) -> tuple[Scorers | None, str]:
+    """unknown_first's scorer and score: the model's unknown detector (the openset stage's
+    choice, or the asked score when it is the detector's), else a score of the head alone."""
+    path = detector_path(ready.path)
+    if path.is_file():
+        detector = UnknownDetector.load_for(path, ready.model)
+        if args.unknown_score in (None, detector.score):
+            return detector.scorers(ready.model), detector.score
+    score = args.unknown_score or "energy"
+    if score not in HEAD_SCORES:
+        raise UserError(f"--unknown-score {score} needs the model's training features, which only its unknown detector "
+                        f"holds ({path}: {'another score' if path.is_file() else 'not found'}; dvc repro writes it); "
+                        f"use {' or '.join(HEAD_SCORES)} (nothing was changed)")
+    return None, score
+
+
 def main(argv: list[str] | None = None) -> pd.DataFrame:
     args = parse_args(argv)
     cache_root = args.features_cache or args.out.parent / CACHE_FOLDER
     check_paths(args, cache_root)
-    if args.strategy == "unknown_first" and args.unknown_score not in HEAD_SCORES:
-        raise UserError(f"--unknown-score {args.unknown_score} needs the model's training features, which a model file "
-                        f"does not hold; use {' or '.join(HEAD_SCORES)} (nothing was changed)")
     ready = prepare(args, prefix_from="input")  # an image keeps its object id from round to round
     model, prefix = ready.model, ready.id_prefix
+    scorer, unknown_score = unknown_scorer(args, ready) if args.strategy == "unknown_first" else (None, "")
     pool, validated = pool_and_validated(ready.inputs)
     given = labelled_source(args.labelled, model) if args.labelled is not None else None
     if given is not None and given.object_ids:
@@ -349,8 +366,8 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         labelled_x = None
 
     try:
-        choice = choose(model, x, args.strategy, args.count, labelled=labelled_x, seed=args.seed,
-                        unknown_score=args.unknown_score)
+        choice = choose(model, x, args.strategy, args.count, labelled=labelled_x, seed=args.seed, scorer=scorer,
+                        unknown_score=unknown_score or "energy")
     except ValueError as err:
         raise UserError(f"{args.strategy}: {err}") from None
     table = result_table(model, pool.items, dict(zip(usable, model.probabilities(x))), errors, args.top_k)
@@ -371,7 +388,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
                 "labelled": "; ".join(labelled_what),
                 "labelled_rows": 0 if labelled_x is None else len(labelled_x)}
     if args.strategy == "unknown_first":
-        settings["unknown_score"] = args.unknown_score
+        settings["unknown_score"] = unknown_score
     run = PredictionRun(command="plankton-select", model=model.name, model_file=str(ready.path),
                         model_sha256=file_sha256(ready.path), input=readable(str(args.input)), input_kind=pool.kind,
                         images=len(usable), failed=len(errors), ignored=dict(pool.ignored), ecotaxa_objects=0,
