@@ -22,7 +22,7 @@ from plankton_transfer.data.filtering import FilterResult, filter_dataset, requi
 from plankton_transfer.errors import UserError, run_cli
 from plankton_transfer.files import write_csv
 from plankton_transfer.models.backbones import check_registered
-from plankton_transfer.params.core import params_argument, read_params, section
+from plankton_transfer.params.core import named_source, params_argument, read_params, section
 from plankton_transfer.params.data import DataParams
 from plankton_transfer.params.ecotaxa import EcotaxaParams
 from plankton_transfer.params.filter import FilterParams
@@ -47,8 +47,9 @@ def main(argv: list[str] | None = None) -> FilterResult:
         check_registered(params["models"])
     cfg, image_cfg = section(FilterParams, params, "filter"), section(ImageParams, params, "image")
     raw = args.raw or Path(section(DataParams, params, "data").raw)
-    result = filter_dataset(raw, cfg, image_cfg, args.cache_file, section(EcotaxaParams, params, "ecotaxa"),
-                            run_settings().workers)
+    with named_source(params):  # a message about a setting names the params file it came from
+        result = filter_dataset(raw, cfg, image_cfg, args.cache_file, section(EcotaxaParams, params, "ecotaxa"),
+                                run_settings().workers)
     result.report.save_json(args.report)
     print("\n".join(summary_lines(result, args.report)))
     rejected = result.report.summary["rejected"]

@@ -23,7 +23,7 @@ from plankton_transfer.files import atomic_path, write_csv
 from plankton_transfer.models.model_file import ModelFile
 from plankton_transfer.models.unknown import detector_path
 from plankton_transfer.params.base import BaseParams
-from plankton_transfer.params.core import params_argument, read_params, section
+from plankton_transfer.params.core import named_source, params_argument, read_params, section
 from plankton_transfer.params.openset import OpenSetParams
 from plankton_transfer.params.train import TrainParams
 
@@ -43,8 +43,9 @@ def main(argv: list[str] | None = None) -> OpenSetSummary:
     args = parse_args(argv)
     params = read_params(args.params)
     model = ModelFile.load(args.model_file)
-    result = run_openset(model, args.features, section(OpenSetParams, params, "openset"),
-                         section(TrainParams, params, "train"), section(BaseParams, params, "base").seed)
+    with named_source(params):  # a message about a setting names the params file it came from
+        result = run_openset(model, args.features, section(OpenSetParams, params, "openset"),
+                             section(TrainParams, params, "train"), section(BaseParams, params, "base").seed)
     with atomic_path(args.out_dir, directory=True) as folder:
         folder.mkdir()
         result.summary.save_json(folder / "summary.json")

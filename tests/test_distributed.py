@@ -152,7 +152,7 @@ def test_launcher_switch_and_slurm_command():
 
 def test_failure_message_names_the_first_rank_that_really_failed(tmp_path):
     from plankton_transfer.distributed import LOST, STOPPED
-    from plankton_transfer.launch import failure_message
+    from plankton_transfer.launch import rank_cause, read_reports
 
     def status(rank, error):
         (tmp_path / f"rank-{rank:05d}.json").write_text(json.dumps({"rank": rank, "host": f"gpu{rank}", "error": error}))
@@ -160,8 +160,8 @@ def test_failure_message_names_the_first_rank_that_really_failed(tmp_path):
     status(0, f"{LOST}: Connection reset by peer")
     status(1, STOPPED)
     status(2, "rank 2: cannot read b/b_000.jpg; the file changed since the filter stage: run dvc repro again")
-    assert failure_message(tmp_path, 4, 1) == ("rank 2 on gpu2: cannot read b/b_000.jpg; the file changed since the "
-                                               "filter stage: run dvc repro again")
+    assert rank_cause("", read_reports(tmp_path), 4, 1) == ("rank 2 on gpu2: cannot read b/b_000.jpg; the file "
+                                                            "changed since the filter stage: run dvc repro again")
     (tmp_path / "rank-00002.json").unlink()
-    assert failure_message(tmp_path, 4, 1).startswith("rank 2 ended without a word")
-    assert failure_message(tmp_path, 2, 1) == "torchrun exited with status 1; its log above says why"
+    assert rank_cause("", read_reports(tmp_path), 4, 1).startswith("rank 2 ended without a word")
+    assert rank_cause("", read_reports(tmp_path), 2, 1) == "torchrun exited with status 1; its log above says why"

@@ -100,6 +100,18 @@ def model_file(value: str, models_dir: Path) -> Path:
     return named
 
 
+def checked_device(name: str, source: str) -> str:
+    """The device asked for (``source``: the option or variable that gave it), checked before
+    any work, with the message naming where it came from."""
+    import torch
+
+    if not (name in ("auto", "cpu", "cuda") or (name.startswith("cuda:") and name[5:].isdigit())):
+        raise UserError(f"{source} is {name!r}; use auto, cpu, cuda or cuda:N")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"{source} is {name!r} but no CUDA GPU is visible here; use {source} auto or cpu")
+    return name
+
+
 def pretrained_settings(params_file: Path | None) -> PretrainedParams:
     """pretrained.dir from --params, or from params.yaml in the working folder when there is one."""
     path = params_file or (PARAMS_FILE if PARAMS_FILE.is_file() else None)
@@ -135,6 +147,7 @@ def prepare(args: argparse.Namespace, prefix_from: str = "out") -> Prepared:
     in one EcoTaxa project) or the input folder's (``"input"``, select: an image keeps its id
     from one selection round to the next)."""
     settings = run_settings()
+    device = checked_device(*((args.device, "--device") if args.device else (settings.device, "PLANKTON_DEVICE")))
     path = model_file(args.model, args.models_dir)
     check_output(args.out, args.input, path, args.taxon_names)
     model = ModelFile.load(path)
@@ -148,7 +161,7 @@ def prepare(args: argparse.Namespace, prefix_from: str = "out") -> Prepared:
     folder_name = args.out.name if prefix_from == "out" else inputs.root.resolve().name
     prefix = args.object_id_prefix if args.object_id_prefix is not None else (
         f"{folder_name}_" if inputs.kind == "folder" else "")
-    return Prepared(path, model, inputs, taxon_names, args.device or settings.device,
+    return Prepared(path, model, inputs, taxon_names, device,
                     settings.workers if args.workers is None else args.workers, prefix)
 
 

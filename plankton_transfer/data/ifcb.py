@@ -30,6 +30,8 @@ V2_NAME = re.compile(r"^D\d{8}T\d{6}_IFCB\d+$")
 V1_COLUMNS = (11, 12, 13)  # width, height, start byte
 V2_COLUMNS = (15, 16, 17)
 V2_NAMES = ("roiwidth", "roiheight", "startbyte")  # ADCFileFormat names, lower case without punctuation
+MAX_SIDE = 2**31 - 1  # more pixels on one side than Pillow can hold in a whole image
+MAX_OFFSET = 2**63 - 1  # the largest file offset
 
 
 class IfcbError(Exception):
@@ -113,6 +115,11 @@ def read_adc(b: Bin) -> tuple[list[Roi], list[tuple[int, str]]]:
             continue
         if width < 0 or height < 0:
             bad.append((number, f"{b.lid}.adc row {number}: negative ROI size {width}x{height}"))
+            continue
+        if max(width, height) > MAX_SIDE or start > MAX_OFFSET:  # e.g. 1e300: named as written, not as 301 digits
+            what = (f"ROI size {cells[columns[0]]}x{cells[columns[1]]} is beyond any image" if max(width, height) >
+                    MAX_SIDE else f"start byte {cells[columns[2]]} is beyond any file")
+            bad.append((number, f"{b.lid}.adc row {number}: {what} (a damaged row)"))
             continue
         rois.append(Roi(number=number, width=width, height=height, start=start))
     return rois, bad

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import io
 from pathlib import Path
+from typing import Callable
 
 import pandas as pd
 import torch
@@ -102,9 +103,12 @@ def make_loader(dataset: Dataset, batch_size: int, workers: int, device: torch.d
     )
 
 
-def device_decodable(rows: pd.DataFrame, decode: str) -> list[bool]:
-    """Which files the device decodes: with decode 'device', plain JPEGs (no conversion needed);
-    the rest, and everything with 'auto' or 'cpu', go through Pillow in the DataLoader workers.
+def device_decodable(rows: pd.DataFrame, decode: str, fits: Callable[[int, int], bool] | None = None) -> list[bool]:
+    """Which files the device decodes: with decode 'device', plain JPEGs (no conversion needed)
+    whose size (the manifest's width and height) ``fits`` the preprocessing (crop mode: not too
+    elongated, :func:`~plankton_transfer.data.preprocess.crop_fits`; the others go through
+    Pillow, which refuses them in one line instead of resizing them on the device); the rest,
+    and everything with 'auto' or 'cpu', go through Pillow in the DataLoader workers.
 
     'auto' means the workers because they were faster where it was measured: on one H100 with
     16 cores, AlexNet extraction of 17,000 255 px JPEGs ran at 3,430-3,886 images/s with
@@ -115,4 +119,9 @@ def device_decodable(rows: pd.DataFrame, decode: str) -> list[bool]:
     if "format" not in rows or "converted" not in rows:
         return [False] * len(rows)
     converted = rows["converted"].astype(str).str.lower() == "true"
-    return ((rows["format"] == "JPEG") & ~converted).tolist()
+    plain = ((rows["format"] == "JPEG") & ~converted).tolist()
+    if fits is None:
+        return plain
+    if "width" not in rows or "height" not in rows:
+        return [False] * len(rows)
+    return [p and fits(int(w), int(h)) for p, w, h in zip(plain, rows["width"], rows["height"])]

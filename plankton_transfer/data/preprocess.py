@@ -65,6 +65,12 @@ def crop_resize_size(width: int, height: int, short: int) -> tuple[int, int]:
     return int(short * width / height), short
 
 
+def crop_fits(width: int, height: int, pre: Preprocess, max_pixels: int) -> bool:
+    """Crop mode can resize a ``width`` x ``height`` image within ``max_pixels`` (:class:`CentreCrop`)."""
+    w, h = crop_resize_size(width, height, pre.resize_size)
+    return w * h <= max_pixels
+
+
 class CentreCrop:
     """Resize the shorter side to ``resize_size``, then take the centre ``input_size`` square.
 
@@ -80,8 +86,8 @@ class CentreCrop:
         ])
 
     def __call__(self, img: Image.Image) -> torch.Tensor:
-        w, h = crop_resize_size(img.width, img.height, self.pre.resize_size)
-        if w * h > self.max_pixels:
+        if not crop_fits(img.width, img.height, self.pre, self.max_pixels):
+            w, h = crop_resize_size(img.width, img.height, self.pre.resize_size)
             raise BadImage("too elongated for crop mode",
                            f"{img.width}x{img.height} would be resized to {w}x{h} = {w * h} pixels > image.max_pixels "
                            f"({self.max_pixels}); use extract.preprocess: pad, or leave the image out")

@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from plankton_transfer.data.features import SPLITS, join_shards, rows_writer
 from plankton_transfer.data.loading import ImageFiles, decode_on_device, default_workers, device_decodable, make_loader
-from plankton_transfer.data.preprocess import TensorPreprocess, draft_size, make_transform
+from plankton_transfer.data.preprocess import TensorPreprocess, crop_fits, draft_size, make_transform
 from plankton_transfer.data.split_files import class_counts, split_fingerprint
 from plankton_transfer.distributed import Ranks, agree, current_ranks, process_group, rank_device, share
 from plankton_transfer.distributed import shared_output_folder
@@ -110,8 +110,11 @@ def run_extraction(model_name: str, raw: Path, parts: dict[str, pd.DataFrame], o
                                  autocast_dtype(cfg.dtype, device))
     recipe = InputRecipe(mode=cfg.preprocess, preprocess=backbone.preprocess, image=image_cfg)
     rows = pd.concat([parts[s] for s in SPLITS], ignore_index=True)
+    # crop mode: an image too elongated to resize goes to Pillow, whose CentreCrop refuses it in one line
+    fits = (lambda w, h: crop_fits(w, h, recipe.preprocess, image_cfg.max_pixels)) if recipe.mode == "crop" else None
+    on_device = device_decodable(rows, cfg.decode, fits)
     dataset = ImageFiles(raw, rows["path"].tolist(), make_transform(recipe.preprocess, recipe.mode, image_cfg),
-                         image_cfg, draft_size(recipe.preprocess, recipe.mode), device_decodable(rows, cfg.decode),
+                         image_cfg, draft_size(recipe.preprocess, recipe.mode), on_device,
                          sha256=rows["sha256"].tolist())
     sizes = {s: len(parts[s]) for s in SPLITS}
     lo, hi = share(len(rows), cfg.batch_size, ranks)
