@@ -86,7 +86,7 @@ def summary_for(model, sha256: str) -> EvaluationSummary:
                                     Estimate(-0.011, -0.05, 0.03), "not distinguishable")
     return EvaluationSummary(model=model.name, model_fingerprint=sha256, pretrained=False, weights="w", parameters=1,
                              epochs=30, best_epoch=12, lr=0.001, convergence_warning="",
-                             splits={"val": SplitScores(10, metrics), "test": SplitScores(10, metrics)},
+                             splits={"val": SplitScores(10, metrics, "pooled"), "test": SplitScores(10, metrics, "pooled")},
                              interval_method="posterior", confidence=0.95, calibration=calibration, abundance={},
                              review=[ReviewScores("test", 6, 10, Estimate(1.0, 0.61, 1.0), [])])
 

@@ -102,7 +102,14 @@ def flat_row(r: ModelResults) -> dict:
 
 
 def cell(r: ModelResults, split: str, key: str) -> str:
-    return r.summary.estimate(split, key).shown(key)
+    """An estimate with its interval; † where the interval does not contain it (the note says why)."""
+    estimate = r.summary.estimate(split, key)
+    return estimate.shown(key) + (" †" if estimate.note else "")
+
+
+def interval_notes(results: list[ModelResults]) -> list[str]:
+    return [f"{r.name}, {split}: {e.note}" for r in results for split, scores in r.summary.splits.items()
+            for e in scores.metrics.values() if e.note]
 
 
 def markdown_table(results: list[ModelResults]) -> str:
@@ -123,6 +130,10 @@ def report_markdown(results: list[ModelResults], sections: list[str] = ()) -> st
     """The table, its notes, then ``sections`` (markdown, e.g. from comparison_stats.py)."""
     text = "# Model comparison\n\n" + markdown_table(results)
     text += "\nTime: feature extraction (each image through the frozen backbone once) plus head training.\n"
+    notes = interval_notes(results)
+    if notes:
+        text += "\n† The interval does not contain its estimate (it is the method's own answer, not widened): " + \
+            "; ".join(notes) + ".\n"
     warnings = [r.summary.convergence_warning for r in results if r.summary.convergence_warning]
     if warnings:
         text += "\n⚠ Not converged: " + "; ".join(warnings) + ".\n"

@@ -43,16 +43,25 @@ def pair_rows(models: list[str], evaluations: Path, cfg: StatsParams, seed: int)
 
 
 def intervals_note(cfg: StatsParams, seed: int) -> str:
-    if cfg.interval_method == "bootstrap":
-        simulated = (f"the stratified bootstrap (each class's test images resampled within the class; {cfg.resamples} "
-                     f"resamples, seed {seed}), which cannot vary a class with one test image")
-    else:
-        simulated = ("central interval of each class's confusion rates drawn from their posterior given its test "
-                     f"images (Dirichlet, Jeffreys prior; {cfg.resamples} draws, seed {seed}), which stays honest for "
-                     "classes with one or two test images, where a bootstrap cannot vary (stats.interval_method)")
+    draws = f"{cfg.resamples} draws, seed {seed}"
+    simulated = {
+        "bootstrap": (f"the stratified bootstrap (each class's test images resampled within the class; {cfg.resamples} "
+                      f"resamples, seed {seed}), which cannot vary a class with one test image"),
+        "posterior": ("central interval of each class's confusion rates drawn from their own posterior given its test "
+                      f"images (Dirichlet, Jeffreys prior; {draws})"),
+        "pooled": ("central interval of posterior draws in which each class's recall is partially pooled with the "
+                   f"other classes' (hierarchical Beta-binomial; {draws})"),
+        "pooled-pivot": ("the observed value minus the quantiles of its error in test sets simulated from the pooled "
+                         f"(hierarchical Beta-binomial) posterior ({draws})"),
+        "auto": ("central interval of posterior draws in which each class's recall is partially pooled with the "
+                 "other classes' (hierarchical Beta-binomial); macro-F1 of a long tail of class sizes by a pivot on "
+                 f"that model; chosen by the coverage measured in docs/coverage.md ({draws}; each model's summary "
+                 "names the method used per split)"),
+    }[cfg.interval_method]
     return (f"Intervals: {100 * cfg.confidence:g} %. Accuracy: Wilson score interval. Balanced accuracy and "
-            f"macro-F1: {simulated}. Cross-entropy: the head's validation cross-entropy before temperature scaling, "
-            "as the study reports it.")
+            f"macro-F1: {simulated} (stats.interval_method). An interval is never widened to hold its estimate; "
+            "where one misses it, the summary notes why. Cross-entropy: the head's validation cross-entropy before "
+            "temperature scaling, as the study reports it.")
 
 
 def pairs_section(pairs: list[dict], cfg: StatsParams, n_models: int) -> str:

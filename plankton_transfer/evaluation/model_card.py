@@ -31,7 +31,7 @@ def metrics_table(summary: EvaluationSummary) -> str:
                  f"{c.test_ece_after.high:.3f} |")
     return "\n".join(lines) + (f"\n\nTemperature scaling (T = {c.temperature:.3f}, fitted on validation): test ECE "
                                f"{c.test_ece_before.value:.3f} -> {c.test_ece_after.value:.3f}, {c.verdict}. "
-                               f"Intervals: {summary.interval_method} (docs/statistics.md).")
+                               f"Intervals: {summary.splits['test'].interval_method} (docs/coverage.md).")
 
 
 def per_class_section(per_class: pd.DataFrame | None) -> str:

@@ -32,6 +32,7 @@ class Estimate:
 class SplitScores:
     images: int
     metrics: dict[str, Estimate]  # a key of evaluation/metrics.py METRICS -> its estimate
+    interval_method: str  # what stats.interval_method used for balanced accuracy and macro-F1 here
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,7 +75,7 @@ class EvaluationSummary(Record):
     lr: float
     convergence_warning: str  # "" when the best epoch is well under train.max_epochs
     splits: dict[str, SplitScores]  # "val", "test"
-    interval_method: str
+    interval_method: str  # stats.interval_method as set; each split names the method it used
     confidence: float
     calibration: CalibrationScores
     abundance: dict[str, Any]

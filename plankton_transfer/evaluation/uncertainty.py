@@ -14,7 +14,8 @@ from plankton_transfer.evaluation.abundance import (PerSampleAbundance, abundanc
                                                     per_sample_abundance)
 from plankton_transfer.evaluation.calibration import (bootstrap_ece, calibration_summary, calibration_verdict,
                                                       reliability_rows, reliability_table, scaled_probabilities)
-from plankton_transfer.evaluation.intervals import central_interval, metric_intervals, wilson_interval
+from plankton_transfer.evaluation.intervals import (central_interval, interval_method_for, metric_intervals_noted,
+                                                    wilson_interval)
 from plankton_transfer.evaluation.metrics import METRICS, score
 from plankton_transfer.evaluation.summary import CalibrationScores, Estimate, ReviewScores, SplitScores
 from plankton_transfer.models.model_file import ModelFile
@@ -50,17 +51,21 @@ def rounded(value):
 
 
 def split_scores(y: np.ndarray, proba: np.ndarray, n_classes: int, cfg: StatsParams, seed: int) -> SplitScores:
-    """Every metric of one split, with the interval its definition asks for."""
+    """Every metric of one split, with the interval its definition asks for; the method used
+    for balanced accuracy and macro-F1 (``stats.interval_method``, auto's choice named), and a
+    note on any interval that does not contain its estimate (never widened to hide it)."""
     values = score(y, proba)
-    bounds = metric_intervals(y, proba.argmax(axis=1), n_classes, cfg.confidence, cfg.resamples, seed,
-                              cfg.interval_method)
+    bounds, notes = metric_intervals_noted(y, proba.argmax(axis=1), n_classes, cfg.confidence, cfg.resamples, seed,
+                                           cfg.interval_method)
     metrics = {}
     for key, value in values.items():
         if METRICS[key].interval is None:
             metrics[key] = Estimate(r(value))
         else:
-            metrics[key] = Estimate(r(value), r(bounds[f"{key}_lo"]), r(bounds[f"{key}_hi"]))
-    return SplitScores(images=len(y), metrics=metrics)
+            note = "; ".join(n for n in notes if n.startswith(f"{key} ("))
+            metrics[key] = Estimate(r(value), r(bounds[f"{key}_lo"]), r(bounds[f"{key}_hi"]), note)
+    return SplitScores(images=len(y), metrics=metrics,
+                       interval_method=interval_method_for(y, n_classes, cfg.interval_method))
 
 
 def calibration_scores(model: ModelFile, logits: dict[str, np.ndarray], labels: dict[str, np.ndarray],

@@ -6,13 +6,13 @@ import dataclasses
 from plankton_transfer.errors import UserError
 from plankton_transfer.params.core import check_choice, check_range
 
-INTERVAL_METHODS = ("posterior", "bootstrap")
+INTERVAL_METHODS = ("auto", "pooled", "posterior", "bootstrap", "pooled-pivot")  # evaluation/intervals.py METHODS
 
 
 @dataclasses.dataclass(frozen=True)
 class StatsParams:
     confidence: float = 0.95
-    interval_method: str = "posterior"
+    interval_method: str = "auto"
     resamples: int = 2000
     calibration_bins: int = 15
 
