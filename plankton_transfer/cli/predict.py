@@ -13,6 +13,9 @@
           predictions.csv (id, file, sample, predicted class, probability, needs_review and
           why, threshold, the next classes with their probabilities, error), the EcoTaxa upload
           ecotaxa_<folder>.zip (table + images; import it as it is) and run.json.
+--tta:    test-time augmentation: each image's features are the mean over its 8 views (rotations
+          by 90 degrees and their mirror images), as evaluate scores them with extract.tta (off
+          by default; 8 times the compute).
 Settings: images are opened as the model file records (image.background, size limits); the
           device (PLANKTON_DEVICE or --device), workers (PLANKTON_WORKERS or --workers) and
           pretrained.dir (--params, default params.yaml when present) say how to run.
@@ -70,6 +73,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_arguments(p)
     p.add_argument("--top-k", type=whole_number(1), default=3, help="classes listed per image")
+    p.add_argument("--tta", action="store_true", help="test-time augmentation: mean over the 8 rotations/flips of "
+                                                      "each image (as evaluate with extract.tta)")
     return p.parse_args(argv)
 
 
@@ -152,14 +157,15 @@ def summary_lines(name: str, inputs: Inputs, table: pd.DataFrame, seconds: float
 def main(argv: list[str] | None = None) -> pd.DataFrame:
     args = parse_args(argv)
     ready = prepare(args)
-    predictor = load_predictor(ready.model, pretrained_settings(args.params), ready.device)
+    predictor = load_predictor(ready.model, pretrained_settings(args.params), ready.device, tta=args.tta)
     table, seconds = classify_items(predictor, ready.inputs.items, args.batch_size, ready.workers, args.top_k)
     failed = int((table["error"] != "").sum())
     run = PredictionRun(command="plankton-predict", model=ready.model.name, model_file=str(ready.path),
                         model_sha256=file_sha256(ready.path), input=readable(str(args.input)),
                         input_kind=ready.inputs.kind, images=len(table) - failed, failed=failed,
                         ignored=dict(ready.inputs.ignored), ecotaxa_objects=0,
-                        settings={"top_k": args.top_k, "batch_size": args.batch_size, "device": str(predictor.device)})
+                        settings={"top_k": args.top_k, "batch_size": args.batch_size, "device": str(predictor.device),
+                                  "tta": args.tta})
     upload, problems = write_results(args.out, table, ready.inputs, run, ready.taxon_names, ready.id_prefix,
                                      predictor.image)
     for problem in problems[:10]:
