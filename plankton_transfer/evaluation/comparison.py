@@ -35,14 +35,17 @@ class ModelResults:
         return round(float(t["extract_seconds"] or 0) + float(t["train_seconds"] or 0), 2)
 
 
-def load_results(models: list[str], evaluations: Path, crossvals: Path | None) -> list[ModelResults]:
-    """Every model's evaluation (``<evaluations>/<model>/``) and cross-validation (``<crossvals>/<model>/``)."""
+def load_results(models: list[str], evaluations: Path, crossvals: Path | None,
+                 not_crossvalidated: tuple[str, ...] = ()) -> list[ModelResults]:
+    """Every model's evaluation (``<evaluations>/<model>/``) and cross-validation (``<crossvals>/<model>/``;
+    none for the models of ``not_crossvalidated``: the fine-tuned ones)."""
     out = []
     for name in models:
         folder = evaluations / name
         if not (folder / "summary.json").is_file():
             raise UserError(f"{folder / 'summary.json'} not found; run the evaluate stage of {name} (dvc repro)")
-        cv = CrossvalSummary.load_json(crossvals / name / "summary.json") if crossvals else None
+        crossvalidated = crossvals is not None and name not in not_crossvalidated
+        cv = CrossvalSummary.load_json(crossvals / name / "summary.json") if crossvalidated else None
         out.append(ModelResults(name, EvaluationSummary.load_json(folder / "summary.json"),
                                 RunRecord.load_json(folder / "run.json"), cv))
     return out
@@ -105,7 +108,9 @@ def markdown_table(results: list[ModelResults]) -> str:
 def report_markdown(results: list[ModelResults], sections: list[str] = ()) -> str:
     """The table, its notes, then ``sections`` (markdown, e.g. from comparison_stats.py)."""
     text = "# Model comparison\n\n" + markdown_table(results)
-    text += "\nTime: feature extraction (each image through the frozen backbone once) plus head training.\n"
+    text += "\nTime: feature extraction (each image through the frozen backbone once) plus head training"
+    text += ("; for a fine-tuned model (-ft), fine-tuning plus extracting its features.\n"
+             if any(r.run.train_params.get("trained_blocks") is not None for r in results) else ".\n")
     warnings = [r.summary.convergence_warning for r in results if r.summary.convergence_warning]
     if warnings:
         text += "\n⚠ Not converged: " + "; ".join(warnings) + ".\n"
