@@ -15,11 +15,12 @@ import pytest
 import torch
 
 from plankton_transfer.cli import export, predict
-from plankton_transfer.data.augment import Augment, dihedral_views, mean_of_views, sample_generator
+from plankton_transfer.data.augment import Augment, sample_generator
 from plankton_transfer.data.features import load_split
 from plankton_transfer.data.images import load_rgb
 from plankton_transfer.data.preprocess import border_colour, draft_size, make_transform
 from plankton_transfer.data.split_files import read_splits
+from plankton_transfer.data.tta import dihedral_views, mean_of_views
 from plankton_transfer.errors import UserError
 from plankton_transfer.models import finetuning
 from plankton_transfer.models.backbones import get_backbone, registered_names

@@ -1,6 +1,6 @@
-"""Augmented training images for fine-tuning, and the 8 views of test-time augmentation.
+"""Augmented training images for fine-tuning.
 
-Both work on the project's preprocessed images (data/preprocess.py ``make_transform``: uint8
+It works on the project's preprocessed images (data/preprocess.py ``make_transform``: uint8
 (3, S, S), letterboxed or cropped), so an augmented image is an ordinary input of the one
 feature path, and the validation and test images, never passed through :class:`Augment`,
 are exactly what extract, evaluate and predict see.
@@ -13,14 +13,11 @@ grey). Each image's draws come from its own generator, seeded from (seed, epoch,
 (:func:`sample_generator`): the same images whatever the number of DataLoader workers, and a
 run resumed at an epoch sees what an uninterrupted one saw.
 
-:func:`dihedral_views` and :func:`mean_of_views` are test-time augmentation (``extract.tta``,
-``plankton-predict --tta``): features averaged over the rotations by 90 degrees and their
-mirror images, exact transforms that need no filling.
+Test-time augmentation (exact views, no randomness) is data/tta.py.
 """
 from __future__ import annotations
 
 import math
-from typing import Callable
 
 import numpy as np
 import torch
@@ -84,23 +81,3 @@ class AugmentedImages(Dataset):
         if error or raw:
             return image, error, raw
         return self.augment(image, sample_generator(self.seed, self.epoch, i)), error, raw
-
-
-def dihedral_views(images: torch.Tensor) -> list[torch.Tensor]:
-    """The 8 rotations by 90 degrees and their mirror images of square (N, 3, S, S) images."""
-    views = []
-    for k in range(4):
-        turned = torch.rot90(images, k, dims=(2, 3))
-        views += [turned, turned.flip(-1)]
-    return views
-
-
-def mean_of_views(features: Callable[[torch.Tensor], np.ndarray], images: torch.Tensor) -> np.ndarray:
-    """Test-time augmentation: the mean of ``features`` over the 8 dihedral views, as float16 rows
-    (as the feature store keeps them). For the linear head, averaging features is averaging
-    logits: the head and its temperature then apply unchanged."""
-    total = None
-    for view in dihedral_views(images):
-        rows = np.asarray(features(view), dtype=np.float32)
-        total = rows if total is None else total + rows
-    return (total / 8).astype(np.float16)

@@ -5,7 +5,7 @@ the same features every time, so computing them once is exact and turns hours in
 Images go through the project's one feature path (models/feature_net.py). The fine-tuning
 stage writes its model's features the same way, with the fine-tuned backbone's ``state``.
 With ``extract.tta``, each validation and test row is the mean over the image's 8 dihedral
-views (data/augment.py); the train rows stay single-view.
+views (data/tta.py); the train rows stay single-view.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from plankton_transfer.data.augment import mean_of_views
+from plankton_transfer.data.tta import mean_of_views
 from plankton_transfer.data.features import SPLITS, join_shards, rows_writer
 from plankton_transfer.data.loading import ImageFiles, decode_on_device, default_workers, device_decodable, make_loader
 from plankton_transfer.data.preprocess import TensorPreprocess, draft_size, make_transform

@@ -7,7 +7,7 @@ feature path (models/feature_net.py: normalisation on the device, channels_last,
 autocast on CUDA, features rounded to float16 as the feature store keeps them); then the
 model file's calibrated head. Images are decoded in DataLoader workers; an image that cannot
 be read becomes a row with its error. With ``tta`` (``plankton-predict --tta``), an image's
-features are the mean over its 8 dihedral views (data/augment.py), as the extract stage
+features are the mean over its 8 dihedral views (data/tta.py), as the extract stage
 computes the validation and test features with ``extract.tta``.
 """
 from __future__ import annotations
@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from plankton_transfer.data.augment import mean_of_views
+from plankton_transfer.data.tta import mean_of_views
 from plankton_transfer.data.images import BadImage
 from plankton_transfer.data.loading import default_workers
 from plankton_transfer.data.preprocess import draft_size, make_transform
