@@ -2,8 +2,10 @@
 
 Inputs:  ``--evaluations``/<model>/ from every evaluate stage (summary, run record, predictions,
          abundance), ``--crossvals``/<model>/ from every crossval stage and ``--opensets``/<model>/
-         from every openset stage, for the models in
-         params.yaml ``models``; ``--train-dir`` (the train stages' DVCLive curves).
+         from every openset stage, for the models in params.yaml ``models`` and the fine-tuned
+         ``<backbone>-ft`` of ``finetune.models`` (evaluated, neither cross-validated nor
+         left-classes-out: their backbone learnt the train split); ``--train-dir`` (the train
+         and finetune stages' DVCLive curves).
 Outputs: ``--headline``: metrics/headline.json, the only DVC metrics file (per model: test
          accuracy with its interval, balanced accuracy, macro-F1, cross-validated accuracy, the
          unknown detector's AUROC;
@@ -14,7 +16,7 @@ Outputs: ``--headline``: metrics/headline.json, the only DVC metrics file (per m
          difference with a paired bootstrap interval, exact McNemar p);
          ``--plots-dir``: accuracy_vs_time.png, intervals.png; ``--curves``: every model's
          training curves in one table (the overlaid plots at the top of dvc.yaml).
-Params:  ``models``, ``stats``, ``base.seed`` (library: plankton_transfer/evaluation/comparison.py,
+Params:  ``models``, ``finetune.models``, ``stats``, ``base.seed`` (library: plankton_transfer/evaluation/comparison.py,
          comparison_stats.py).
 """
 from __future__ import annotations
@@ -35,6 +37,7 @@ from plankton_transfer.evaluation.uncertainty_plots import plot_intervals
 from plankton_transfer.files import atomic_path, write_csv, write_json, write_text
 from plankton_transfer.params.base import BaseParams
 from plankton_transfer.params.core import check_model_names, params_argument, read_params, section
+from plankton_transfer.params.finetune import finetuned_models
 from plankton_transfer.params.stats import StatsParams
 
 
@@ -72,9 +75,10 @@ def write_comparison(folder: Path, results: list[ModelResults], args: argparse.N
 def main(argv: list[str] | None = None) -> list[ModelResults]:
     args = parse_args(argv)
     params = read_params(args.params)
-    models = check_model_names(params.get("models"))
+    finetuned = finetuned_models(params)
+    models = check_model_names(params.get("models")) + finetuned  # each frozen model, then each fine-tuned one
     cfg, seed = section(StatsParams, params, "stats"), section(BaseParams, params, "base").seed
-    results = load_results(models, args.evaluations, args.crossvals, args.opensets)
+    results = load_results(models, args.evaluations, args.crossvals, args.opensets, tuple(finetuned))
     with atomic_path(args.out_dir, directory=True) as folder, atomic_path(args.plots_dir, directory=True) as plots:
         folder.mkdir()
         plots.mkdir()

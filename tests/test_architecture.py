@@ -25,8 +25,13 @@ def test_the_project_keeps_its_import_rules_and_dvc_yaml_lists_every_imported_mo
 
 
 def test_stages_holds_exactly_one_module_per_dvc_stage():
+    """Each stage runs the module named like it; ``<stage>_ft`` runs ``<stage>``'s module for the
+    fine-tuned models (evaluate_ft: the evaluate stage of each <backbone>-ft)."""
     modules = {p.stem for p in (ROOT / "stages").glob("*.py")} - {"__init__"}
-    assert modules == set(stage_definitions(ROOT / "dvc.yaml"))
+    stages = stage_definitions(ROOT / "dvc.yaml")
+    assert modules == {name.removesuffix("_ft") for name in stages}
+    for name, spec in stages.items():
+        assert f"python -m stages.{name.removesuffix('_ft')} " in spec["cmd"], name
 
 
 def test_params_yaml_and_the_params_dataclasses_agree():

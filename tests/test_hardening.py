@@ -42,6 +42,7 @@ from stages import compare as compare_stage
 from stages import evaluate as evaluate_stage
 from stages import extract as extract_stage
 from stages import filter as filter_stage
+from stages import finetune as finetune_stage
 from stages import split as split_stage
 from stages import train as train_stage
 from tests.conftest import ROOT, make_dataset, organism, png_header_only, write_params
@@ -379,6 +380,9 @@ def stage_calls(tmp_path: Path, params: Path) -> dict:
                                      "--params", str(params)]),
         "compare": (compare_stage.main, ["--evaluations", missing, "--crossvals", missing, "--out-dir", out,
                                          "--plots-dir", out, "--headline", out, "--params", str(params)]),
+        "finetune": (finetune_stage.main, ["--model", "efficientnet_lite0", "--raw", missing, "--split-dir", missing,
+                                           "--model-file", out, "--features", out, "--checkpoints", out,
+                                           "--live-dir", out, "--params", str(params)]),
     }
 
 
@@ -398,7 +402,7 @@ def test_9_8_unknown_sections_and_duplicate_models_are_errors(tmp_path):
     params = write_params(tmp_path / "params.yaml")
     text = params.read_text()
     params.write_text(text + "trian:\n  lr: 0.01\n")
-    with pytest.raises(UserError, match="unknown section.*trian; known sections are base,") as err:
+    with pytest.raises(UserError, match="unknown section.*trian; known sections are augment, base,") as err:
         read_params(params)
     one_line(err)
     write_params(params, models=["alexnet", "vgg11", "alexnet"])

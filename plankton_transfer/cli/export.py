@@ -1,6 +1,6 @@
 """Ship trained models (``plankton-export``, ``make export``; not a pipeline stage).
 
-    plankton-export                         # every model in params.yaml, into export/<model>/
+    plankton-export                         # every model in params.yaml (and each fine-tuned one), into export/<model>/
     plankton-export --models efficientnet_lite0 --out-dir shipped
 
 Writes per model one folder, <out-dir>/<model>/, replaced as a whole (an earlier export of the
@@ -40,6 +40,7 @@ from plankton_transfer.models.export import (EXPORTERS, export_description, expo
 from plankton_transfer.models.model_file import ModelFile
 from plankton_transfer.params.core import check_model_names, params_argument, read_params, section
 from plankton_transfer.params.data import DataParams
+from plankton_transfer.params.finetune import finetuned_models
 from plankton_transfer.params.pretrained import PretrainedParams
 
 
@@ -52,7 +53,8 @@ def positive(text: str) -> int:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--models", nargs="+", help="model names (default: params.yaml models)")
+    p.add_argument("--models", nargs="+", help="model names (default: params.yaml models, then <backbone>-ft for "
+                                               "each of finetune.models)")
     p.add_argument("--models-dir", type=Path, default=Path("models"))
     p.add_argument("--split-dir", type=Path, default=Path("data/split"))
     p.add_argument("--evaluations", type=Path, default=Path("metrics/evaluate"),
@@ -143,7 +145,7 @@ def export_model(name: str, args: argparse.Namespace, raw: Path, pretrained_cfg:
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     params = read_params(args.params)
-    names = check_model_names(args.models or params.get("models"))
+    names = check_model_names(args.models or [*(params.get("models") or []), *finetuned_models(params)])
     data = section(DataParams, params, "data")
     refuse_pipeline_folder("--out-dir", args.out_dir, data.raw)
     pretrained_cfg = section(PretrainedParams, params, "pretrained")

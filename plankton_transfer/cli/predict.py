@@ -17,6 +17,9 @@
           probabilities, error), counts.csv (per sample and class: classify and count,
           probabilistic count, EM), the EcoTaxa upload ecotaxa_<folder>.zip (table + images;
           import it as it is; unknown images unclassified) and run.json.
+--tta:    test-time augmentation: each image's features are the mean over its 8 views (rotations
+          by 90 degrees and their mirror images), as evaluate scores them with extract.tta (off
+          by default; 8 times the compute).
 Settings: images are opened as the model file records (image.background, size limits); the
           device (PLANKTON_DEVICE or --device), workers (PLANKTON_WORKERS or --workers) and
           pretrained.dir (--params, default params.yaml when present) say how to run.
@@ -84,6 +87,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--top-k", type=whole_number(1), default=3, help="classes listed per image")
     p.add_argument("--no-unknown", action="store_true",
                    help="ignore the model's unknown detector: every image gets a trained class")
+    p.add_argument("--tta", action="store_true", help="test-time augmentation: mean over the 8 rotations/flips of "
+                                                      "each image (as evaluate with extract.tta)")
     return p.parse_args(argv)
 
 
@@ -210,7 +215,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     args = parse_args(argv)
     ready = prepare(args)
     detector = unknown_detector(args, ready)
-    predictor = load_predictor(ready.model, pretrained_settings(args.params), ready.device)
+    predictor = load_predictor(ready.model, pretrained_settings(args.params), ready.device, tta=args.tta)
     classified = classify_items(predictor, ready.inputs.items, args.batch_size, ready.workers, args.top_k, detector)
     table, seconds = classified.table, classified.seconds
     failed = int((table["error"] != "").sum())
@@ -219,7 +224,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
                         input_kind=ready.inputs.kind, images=len(table) - failed, failed=failed,
                         ignored=dict(ready.inputs.ignored), ecotaxa_objects=0,
                         settings={"top_k": args.top_k, "batch_size": args.batch_size, "device": str(predictor.device),
-                                  "unknown": None if detector is None else {
+                                  "tta": args.tta, "unknown": None if detector is None else {
                                       "score": detector.score, "threshold": detector.threshold,
                                       "file": str(detector_path(ready.path))}})
     upload, problems = write_results(args.out, table, ready.inputs, run, ready.taxon_names, ready.id_prefix,

@@ -37,17 +37,20 @@ class ModelResults:
 
 
 def load_results(models: list[str], evaluations: Path, crossvals: Path | None,
-                 opensets: Path | None = None) -> list[ModelResults]:
+                 opensets: Path | None = None, finetuned: tuple[str, ...] = ()) -> list[ModelResults]:
     """Every model's evaluation (``<evaluations>/<model>/``), cross-validation (``<crossvals>/<model>/``)
-    and open-set summary (``<opensets>/<model>/``)."""
+    and open-set summary (``<opensets>/<model>/``); the fine-tuned models (``finetuned``) have neither
+    of the last two (their backbone learnt the train split that cross-validation and leave-classes-out
+    would test on)."""
     out = []
     for name in models:
         folder = evaluations / name
         if not (folder / "summary.json").is_file():
             raise UserError(f"{folder / 'summary.json'} not found; run the evaluate stage of {name} (dvc repro)")
-        cv = CrossvalSummary.load_json(crossvals / name / "summary.json") if crossvals else None
+        frozen = name not in finetuned
+        cv = CrossvalSummary.load_json(crossvals / name / "summary.json") if crossvals and frozen else None
         unknown = None
-        if opensets:
+        if opensets and frozen:
             if not (opensets / name / "summary.json").is_file():
                 raise UserError(f"{opensets / name / 'summary.json'} not found; run the openset stage of {name} "
                                 "(dvc repro)")
@@ -129,7 +132,9 @@ def markdown_table(results: list[ModelResults]) -> str:
 def report_markdown(results: list[ModelResults], sections: list[str] = ()) -> str:
     """The table, its notes, then ``sections`` (markdown, e.g. from comparison_stats.py)."""
     text = "# Model comparison\n\n" + markdown_table(results)
-    text += "\nTime: feature extraction (each image through the frozen backbone once) plus head training.\n"
+    text += "\nTime: feature extraction (each image through the frozen backbone once) plus head training"
+    text += ("; for a fine-tuned model (-ft), fine-tuning plus extracting its features.\n"
+             if any(r.run.train_params.get("trained_blocks") is not None for r in results) else ".\n")
     notes = interval_notes(results)
     if notes:
         text += "\n† The interval does not contain its estimate (it is the method's own answer, not widened): " + \

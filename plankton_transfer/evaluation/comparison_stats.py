@@ -76,10 +76,17 @@ def pairs_section(pairs: list[dict], cfg: StatsParams, n_models: int) -> str:
                    f"{len(pairs)} comparisons (Bonferroni: multiply by {len(pairs)}).\n")
 
 
+NOT_CROSSVALIDATED = ("Not cross-validated: {names}. A fine-tuned backbone was trained on the train split, which "
+                      "every fold's test part would share, so the folds would score images the network learnt; its "
+                      "honest comparison is the paired test on the untouched test split above.")
+
+
 def crossval_section(results: list[ModelResults]) -> str:
     cv = [r for r in results if r.crossval is not None]
+    skipped = [r.name for r in results if r.crossval is None]
+    note = f"\n{NOT_CROSSVALIDATED.format(names=', '.join(skipped))}\n" if skipped else ""
     if not cv:
-        return ""
+        return f"## Cross-validation on the cached features\n{note}" if skipped else ""
     first = cv[0].crossval
     text = (f"## Cross-validation on the cached features\n\n{first.folds}-fold stratified cross-validation "
             f"repeated {first.repeats} times over all {first.images} filtered images; in each fold the head is "
@@ -94,7 +101,7 @@ def crossval_section(results: list[ModelResults]) -> str:
         text += f"| {r.name} | " + " | ".join(cells) + " |\n"
     return text + ("\nMean ± standard deviation over the folds. Folds share training images, so the standard "
                    "deviation understates the uncertainty of the mean. Per-fold numbers: "
-                   "`metrics/crossval/<model>/folds.csv`; out-of-fold confusion matrices: `plots/crossval/`.\n")
+                   "`metrics/crossval/<model>/folds.csv`; out-of-fold confusion matrices: `plots/crossval/`.\n") + note
 
 
 def calibration_section(results: list[ModelResults], cfg: StatsParams) -> str:

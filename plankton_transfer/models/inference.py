@@ -6,7 +6,9 @@ Images go through the extract stage's path: the same opening rules (the model fi
 feature path (models/feature_net.py: normalisation on the device, channels_last, bf16
 autocast on CUDA, features rounded to float16 as the feature store keeps them); then the
 model file's calibrated head. Images are decoded in DataLoader workers; an image that cannot
-be read becomes a row with its error.
+be read becomes a row with its error. With ``tta`` (``plankton-predict --tta``), an image's
+features are the mean over its 8 dihedral views (data/tta.py), as the extract stage
+computes the validation and test features with ``extract.tta``.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from plankton_transfer.data.tta import mean_of_views
 from plankton_transfer.data.images import BadImage
 from plankton_transfer.data.predictions import UNKNOWN
 from plankton_transfer.data.loading import default_workers
@@ -61,6 +64,11 @@ class Predictor:
     transform: Callable
     draft: int
     image: ImageParams  # how files are opened: the model file's, unless overridden on purpose
+    tta: bool = False  # test-time augmentation: features averaged over the 8 dihedral views
+
+    def features(self, images: torch.Tensor) -> np.ndarray:
+        """float16 feature rows of a batch of preprocessed images (the mean of the 8 views with ``tta``)."""
+        return mean_of_views(self.extractor, images) if self.tta else self.extractor(images)
 
     @property
     def device(self) -> torch.device:
@@ -68,14 +76,14 @@ class Predictor:
 
 
 def load_predictor(model: ModelFile, pretrained_cfg: PretrainedParams, device: str = "auto", dtype: str = "auto",
-                   image: ImageParams | None = None) -> Predictor:
+                   image: ImageParams | None = None, tta: bool = False) -> Predictor:
     """The feature path, preprocessing and head of ``model`` on ``device`` (auto: CUDA if present)."""
     torch_device = resolve_device(device)
     recipe = model.input
     image = image or recipe.image
     extractor = FeatureExtractor(network_for(model, pretrained_cfg), torch_device, autocast_dtype(dtype, torch_device))
     return Predictor(model=model, extractor=extractor, transform=make_transform(recipe.preprocess, recipe.mode, image),
-                     draft=draft_size(recipe.preprocess, recipe.mode), image=image)
+                     draft=draft_size(recipe.preprocess, recipe.mode), image=image, tta=tta)
 
 
 class ItemImages(Dataset):
@@ -116,7 +124,7 @@ def classify_features(predictor: Predictor, items: list[Item], batch_size: int =
     for images, done, failed in tqdm(loader, desc="predict", unit="batch", mininterval=2.0, disable=not todo):
         errors.update({todo[i]: why for i, why in failed})
         if images is not None:
-            features.update(zip((todo[i] for i in done), predictor.extractor(images)))
+            features.update(zip((todo[i] for i in done), predictor.features(images)))
     return features, errors, time.perf_counter() - start
 
 

@@ -43,8 +43,9 @@ class TrainingInfo:
     lr_sweep: dict[str, float]  # every learning rate tried -> its best validation loss
     params: dict[str, Any]  # the train section as used
     seed: int
-    features: dict[str, Any]  # resident or streamed, and why
+    features: dict[str, Any]  # resident or streamed, and why (fine-tuning: the images, augmented)
     environment: dict[str, Any]
+    section: str = "train"  # the params section it was trained with: train (the head) | finetune
 
     @property
     def converged(self) -> bool:
@@ -57,6 +58,9 @@ class TrainingInfo:
         if self.converged:
             return ""
         cap = int(self.params.get("max_epochs", self.epochs))
+        if self.section == "finetune":
+            return (f"{name}: best epoch {self.best_epoch} of max {cap}: the fine-tuning may not have converged; "
+                    "raise finetune.max_epochs (on a GPU: docs/finetuning.md)")
         return (f"{name}: best epoch {self.best_epoch} of max {cap}: the head may not have converged; "
                 "raise train.max_epochs or train.lr")
 

@@ -72,6 +72,7 @@ class FeatureMeta(Record):
     images_per_s: float | None
     decoded_on_device: int
     environment: dict[str, Any]
+    tta: bool = False  # extract.tta: val and test rows are the mean of the image's 8 dihedral views
 
     @property
     def sizes(self) -> dict[str, int]:

@@ -5,6 +5,8 @@ dependencies."""
 from __future__ import annotations
 
 from plankton_transfer.errors import UserError
+from plankton_transfer.models.backbones import check_registered, get_backbone
+from plankton_transfer.params.augment import AugmentParams
 from plankton_transfer.params.base import BaseParams
 from plankton_transfer.params.core import Params, named_source, section
 from plankton_transfer.params.crossval import CrossvalParams
@@ -12,6 +14,7 @@ from plankton_transfer.params.data import DataParams
 from plankton_transfer.params.ecotaxa import EcotaxaParams
 from plankton_transfer.params.extract import ExtractParams
 from plankton_transfer.params.filter import FilterParams
+from plankton_transfer.params.finetune import FinetuneParams
 from plankton_transfer.params.image import ImageParams
 from plankton_transfer.params.openset import OpenSetParams
 from plankton_transfer.params.pretrained import PretrainedParams
@@ -35,6 +38,8 @@ SECTIONS: dict[str, type] = {
     "stats": StatsParams,
     "crossval": CrossvalParams,
     "openset": OpenSetParams,
+    "finetune": FinetuneParams,
+    "augment": AugmentParams,
 }
 TOP_LEVEL_LISTS = ("models",)
 
@@ -49,3 +54,17 @@ def check_every_section(params: Params) -> None:
     for name, cls in SECTIONS.items():
         if params.get(name) is not None:
             section(cls, params, name)
+    if params.get("finetune") is not None:
+        check_finetune(section(FinetuneParams, params, "finetune"), params)
+
+
+def check_finetune(cfg: FinetuneParams, params: Params) -> None:
+    """Every backbone to fine-tune is registered and has the blocks ``finetune.unfreeze`` asks
+    for (the registry is read, no model is built)."""
+    with named_source(params):
+        try:
+            check_registered(list(cfg.models))
+        except UserError as err:
+            raise UserError(f"params.yaml: finetune.models: {err}") from None
+        for name in cfg.models:
+            get_backbone(name).trainable_blocks(cfg.unfreeze)

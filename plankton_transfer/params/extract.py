@@ -1,5 +1,7 @@
 """``extract``: the feature-extraction pass (what changes the features; how to run it, workers,
-device and launcher, is in the environment: plankton_transfer/settings.py)."""
+device and launcher, is in the environment: plankton_transfer/settings.py). ``tta``: test-time
+augmentation, each validation and test row the mean of the features of the image's 8 dihedral
+views (data/tta.py); the train rows stay single-view, so the head trains as without it."""
 from __future__ import annotations
 
 import dataclasses
@@ -14,6 +16,7 @@ class ExtractParams:
     batch_size: int = 32
     dtype: str = "auto"
     decode: str = "auto"
+    tta: bool = False
 
     def __post_init__(self) -> None:
         check_choice("extract.preprocess", self.preprocess, PREPROCESS_MODES)

@@ -7,6 +7,11 @@ only: registering a new backbone (a new module here, plus a folder
 ``data/pretrained/<name>/`` for its weight file) re-runs no other backbone's extraction.
 Helpers shared by the entries live in ``_entries.py``. ``params.yaml: models`` picks which
 entries run. Reading the registry imports no torch.
+
+Each entry also names its **blocks**: the top-level trainable parts of the stripped network,
+input to output, each a name and the module paths it holds. The fine-tuning stage trains the
+last N of them (``finetune.unfreeze``), so what "the last 2 blocks" means is decided here, per
+backbone, and checked against ``params.yaml`` before any model is built.
 """
 from __future__ import annotations
 
@@ -35,6 +40,33 @@ class Backbone:
     preprocess: Preprocess
     weights: WeightSpec | None
     remap: Callable[[dict, nn.Module], dict] = lambda state, model: state  # official layout -> model's
+    # (name, module paths in the stripped model) per block, input to output; together they hold every parameter
+    blocks: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+    @property
+    def block_names(self) -> tuple[str, ...]:
+        return tuple(name for name, _ in self.blocks)
+
+    def trainable_blocks(self, unfreeze: str | int) -> tuple[str, ...]:
+        """The blocks ``finetune.unfreeze`` trains: none (``head``), every one (``all``), the last
+        N (a number) or a named block and every block after it; a one-line error otherwise."""
+        names = self.block_names
+        if unfreeze == "head":
+            return ()
+        if not names:
+            raise UserError(f"params.yaml: finetune.unfreeze is {unfreeze!r}, but {self.name}'s registry entry names "
+                            "no blocks; use head, or add its blocks to its module in plankton_transfer/models/backbones/")
+        if unfreeze == "all":
+            return names
+        if isinstance(unfreeze, int):
+            if not 1 <= unfreeze <= len(names):
+                raise UserError(f"params.yaml: finetune.unfreeze is {unfreeze}, but {self.name} has {len(names)} "
+                                f"blocks ({', '.join(names)}); use 1-{len(names)}, all or head")
+            return names[len(names) - unfreeze:]
+        if unfreeze not in names:
+            raise UserError(f"params.yaml: finetune.unfreeze is {unfreeze!r}, which is not a block of {self.name}; "
+                            f"use head, all, a number of last blocks (1-{len(names)}) or a block: {', '.join(names)}")
+        return names[names.index(unfreeze):]
 
 
 def registered_names() -> list[str]:

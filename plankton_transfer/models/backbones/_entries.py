@@ -59,7 +59,15 @@ def timm_builder(arch: str) -> Callable[[], nn.Module]:
     return build
 
 
-def torchvision_classifier(name: str, weight_file: str, sha256: str | None = None) -> Backbone:
+def numbered_blocks(convs: tuple[int, ...], fcs: tuple[int, ...]) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """torchvision AlexNet/VGG blocks: each convolution (``features[i]``) and each kept fully
+    connected layer (``classifier[j]``), named conv1.., fc6, fc7 as in the papers."""
+    return (tuple((f"conv{k}", (f"features.{i}",)) for k, i in enumerate(convs, start=1))
+            + tuple((f"fc{k}", (f"classifier.{j}",)) for k, j in enumerate(fcs, start=6)))
+
+
+def torchvision_classifier(name: str, weight_file: str, sha256: str | None = None,
+                           blocks: tuple[tuple[str, tuple[str, ...]], ...] = ()) -> Backbone:
     """An ImageNet classifier from torchvision whose last layer is ``classifier[6]`` (4096 -> 1000)."""
     return Backbone(
         name=name,
@@ -69,4 +77,5 @@ def torchvision_classifier(name: str, weight_file: str, sha256: str | None = Non
         preprocess=Preprocess(),  # torchvision's IMAGENET1K_V1 transforms: 256 -> 224, bilinear, ImageNet mean/std
         weights=WeightSpec(filename=weight_file, url=f"https://download.pytorch.org/models/{weight_file}",
                            sha256=sha256, licence="BSD-3-Clause (torchvision)"),
+        blocks=blocks,
     )

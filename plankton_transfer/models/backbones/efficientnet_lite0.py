@@ -22,4 +22,7 @@ BACKBONE = Backbone(
         licence="Apache-2.0",
     ),
     remap=remap_by_position,
+    # timm's grouping: the stem, the seven stages of inverted-residual blocks, the 1x1 head convolution
+    blocks=(("stem", ("conv_stem", "bn1")), *((f"blocks.{i}", (f"blocks.{i}",)) for i in range(7)),
+            ("conv_head", ("conv_head", "bn2"))),
 )
