@@ -187,7 +187,8 @@ class Group:
         self.has_buf = False
         self.done = False  # every head stopped early
         self.batch = torch.empty((cfg.batch_size, dim), device=device)
-        self.minus_one = torch.full((cfg.batch_size, per_group, 1), -1.0, device=device)
+        self.one_hot = torch.eye(classes, device=device)  # rows picked by label: no scatter (a CUDA graph's
+        # capture allows no sync, which deterministic scatters may need)
         self.graph: GraphedStep | None = None
 
     def order(self) -> torch.Tensor:
@@ -199,7 +200,7 @@ class Group:
         head of the group on the batch ``xb`` (n, D) with labels ``yb`` (n,)."""
         n, (per_group, classes), cfg = len(yb), self.shape, self.cfg
         delta = torch.softmax(linear(xb, self.weight, self.bias).view(n, per_group, classes), dim=-1)
-        delta.scatter_add_(-1, yb.view(n, 1, 1).expand(n, per_group, 1), self.minus_one[:n])
+        delta.sub_(torch.index_select(self.one_hot, 0, yb).unsqueeze(1))  # softmax minus the one-hot target
         delta.mul_(1.0 / n)  # the gradient of the batch's mean cross-entropy, per logit
         flat = delta.view(n, per_group * classes)
         grad_w, grad_b = linear(flat.t(), xb.t()), flat.sum(0)  # (P * C, D), (P * C,)
