@@ -21,6 +21,8 @@ cores shared with other work show (one per core shows oversubscription).
     python -m bench.head_speed --acceptance --repeats 3       # 3,480 x 4096, 120 classes, 100 epochs
     python -m bench.head_speed --acceptance --busy 2          # the same with one busy process per core
     python -m bench.head_speed --crossval                     # 5 folds x 2 repeats against one train
+    python -m bench.head_speed --acceptance --trainer-at 5c6b7ab  # the trainer of an earlier commit
+    python -m bench.head_speed --render bench/reference/head-speed/grid.csv   # a table again, from its CSV
 """
 from __future__ import annotations
 
@@ -33,6 +35,7 @@ import os
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 from typing import Iterator
 
@@ -40,6 +43,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from plankton_transfer.models import crossval as crossval_module
 from plankton_transfer.models.crossval import fit_folds
 from plankton_transfer.models.folds import make_folds
 from plankton_transfer.models.heads import RowGroup, fit_heads
@@ -49,6 +53,7 @@ from plankton_transfer.params.train import TrainParams
 from plankton_transfer.runtime import environment, use_deterministic_algorithms
 from plankton_transfer.settings import usable_cores
 
+ROOT = Path(__file__).resolve().parents[1]
 GRID = {"images": (1_000, 10_000, 100_000), "dims": (1280, 4096), "classes": (17, 120)}
 QUICK = {"images": (1_000, 3_480), "dims": (1280, 4096), "classes": (120,)}
 ACCEPTANCE = {"train": 3_480, "val": 435, "test": 435, "dim": 4096, "classes": 120}
@@ -128,6 +133,20 @@ def run_plain(data: Data, epochs: int, cfg: TrainParams = STUDY) -> float:
     return time.perf_counter() - start
 
 
+def use_trainer_at(commit: str) -> str:
+    """Measure models/heads.py as it was at ``commit`` (read with ``git show``) with this same
+    harness: its ``fit_heads`` replaces the current one here and in cross-validation."""
+    source = subprocess.run(["git", "show", f"{commit}:plankton_transfer/models/heads.py"], cwd=ROOT, check=True,
+                            capture_output=True, text=True).stdout
+    name = f"heads_at_{commit}"
+    module = types.ModuleType(name)
+    sys.modules[name] = module  # dataclasses look their module up
+    exec(compile(source, f"{commit}:plankton_transfer/models/heads.py", "exec"), module.__dict__)
+    global fit_heads
+    fit_heads = crossval_module.fit_heads = module.fit_heads
+    return f"trainer at {commit}: "
+
+
 def epochs_for(seconds_per_epoch: float, cap: int = 100) -> int:
     return int(min(cap, max(2, math.ceil(BUDGET_S / max(seconds_per_epoch, 1e-6)))))
 
@@ -149,7 +168,11 @@ def load() -> float:
     return round(os.getloadavg()[0], 2)
 
 
+LABEL = ""  # "trainer at COMMIT: " with --trainer-at
+
+
 def measure(name: str, fn, data: Data, epochs: int, repeats: int) -> dict:
+    name = LABEL + name
     seconds, cpu, loads = [], [], []
     for _ in range(repeats):
         before, cpu_before = load(), time.process_time()
@@ -257,10 +280,34 @@ def markdown(rows: list[dict]) -> str:
             timed = str(r["epochs_timed"]) + ("" if r["epochs_timed"] >= 100 else ", extrapolated")
         trainer = r["trainer"] + (f": **{r['ratio_to_train']} x one train**" if "ratio_to_train" in r else "")
         cpu = span(min(r["cpu_s_per_100"]), max(r["cpu_s_per_100"]))
+        rates = f"{span(r['epochs_per_s_min'], r['epochs_per_s_max'])} | {span(r['s_per_100_min'], r['s_per_100_max'])}"
+        if "epochs_run" in r:  # early stopping: the runs' own seconds say it, not a rate per epoch of the cap
+            rates = "- | -"
+            cpu = "CPU " + ", ".join(f"{c * r['epochs_timed'] / 100:.1f}" for c in r["cpu_s_per_100"]) + " s in all"
         lines.append(f"| {r['busy']} | {r['images']:,} (+{r['val']:,}) | {r['dim']} | {r['classes']} | {trainer} "
-                     f"| {span(r['epochs_per_s_min'], r['epochs_per_s_max'])} "
-                     f"| {span(r['s_per_100_min'], r['s_per_100_max'])} | {cpu} | {timed} | {r['load_1min_max']} |")
+                     f"| {rates} | {cpu} | {timed} | {r['load_1min_max']} |")
     return "\n".join(lines) + "\n"
+
+
+LISTS = ("seconds", "cpu_s_per_100", "epochs_run")
+TEXT = ("trainer", "ratio_to_train")
+
+
+def read_rows(path: Path) -> list[dict]:
+    """The rows of a CSV this benchmark wrote (to render its table again: ``--render``)."""
+    def number(v: str) -> float | int:
+        return float(v) if any(c in v for c in ".e") else int(v)
+
+    rows = []
+    with open(path, newline="") as f:
+        for raw in csv.DictReader(f):
+            row = {}
+            for k, v in raw.items():
+                if v == "":
+                    continue
+                row[k] = v if k in TEXT else [number(x) for x in v.split()] if k in LISTS else number(v)
+            rows.append(row)
+    return rows
 
 
 def write(rows: list[dict], out: Path) -> None:
@@ -289,7 +336,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--busy", type=int, default=0, help="busy processes running meanwhile (one per core: oversubscribed)")
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--out", type=Path, help="write OUT.md (table) and OUT.csv")
+    p.add_argument("--trainer-at", metavar="COMMIT", help="measure models/heads.py of an earlier commit instead")
+    p.add_argument("--render", type=Path, nargs="+", help="print the table of CSVs written before, measure nothing")
     args = p.parse_args(argv)
+    if args.render:
+        rows = [row for path in args.render for row in read_rows(path)]
+        print(markdown(rows))
+        return rows
+    if args.trainer_at:
+        global LABEL
+        LABEL = use_trainer_at(args.trainer_at)
     print(f"{usable_cores()} usable cores, torch {torch.__version__}, default threads {torch.get_num_threads()}, "
           f"{args.busy} busy processes", flush=True)
     with busy_processes(args.busy):
