@@ -10,24 +10,24 @@ rows (a fold of cross-validation; the train stage has one group). Each head has 
 batch order (a generator seeded with ``seed + group``), gradient, momentum, early stopping and
 kept weights: exactly what training it alone gives.
 
-Speed (docs/performance.md, "Head training speed"):
+Speed (docs/performance.md, "Head training speed"; bench/head_speed.py measures it):
 
 - the gradient of the cross-entropy of a linear layer is written out (softmax minus the
-  one-hot target, times the batch) and the SGD update is applied in place: a step is a few
-  tensor operations on preallocated buffers, no autograd graph and no host-device
-  synchronisation;
+  one-hot target, times the batch) and the SGD update is torch's fused one, in place: a step
+  is a few tensor operations on preallocated buffers, no autograd graph, no padding or masks,
+  and nothing that waits for the device;
 - a group's heads (its learning rates) share one product per step; groups never share a
   batch (each has its own order), so a group runs its whole epoch alone, its weights staying
   in the cache, and a group whose every head has stopped early is no longer trained (its later
   states are never used; with ``history`` it is, so the curves stay whole);
-- on a CPU the per-step products are small, so each group's steps run on one thread (a pool
-  of threads costs more than it saves, ten times more when the cores are shared); with
-  several groups (cross-validation's folds), the groups are spread over one Python thread per
-  usable core (plankton_transfer/settings.py); the whole-split evaluations after each epoch
-  are large and use every usable core;
+- on a CPU each group's steps run on one thread (the products are small: a pool of threads
+  costs more than it saves, ten times more when the cores are shared); several groups
+  (cross-validation's folds) are spread over one Python thread per usable core
+  (plankton_transfer/settings.py); the scoring after each epoch uses every usable core when it
+  is large (:data:`PARALLEL_WORK`), and one thread when it is not;
 - on an x86-64 CPU the float32 products go through oneDNN (AVX-512 where the CPU has it;
-  torch's MKL path takes AVX2 on AMD CPUs), with torch's own ``addmm`` as the fallback: the
-  same float32 arithmetic, summed in another order (float tolerance);
+  torch's MKL path takes AVX2 on AMD CPUs), with torch's ``addmm`` as the fallback: the same
+  float32 arithmetic, summed in another order (float tolerance);
 - on CUDA, a group's full-batch step reads its rows from the epoch's order on the device
   (a counter the step advances), so it has no host-side input and is captured once as a CUDA
   graph and replayed: one launch per step instead of a dozen, the same batches and result.
