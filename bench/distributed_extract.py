@@ -23,6 +23,7 @@ import numpy as np
 import yaml
 
 from bench.standin import build_standin
+from plankton_transfer.settings import usable_cores
 
 ROOT = Path(__file__).resolve().parents[1]
 SPLITS = ("train", "val", "test")
@@ -83,7 +84,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
 
     data = args.data or build_standin(args.cache_dir / f"standin-{args.classes}x{args.per_class}", args.classes,
-                                      args.per_class, workers=os.cpu_count() or 1)
+                                      args.per_class, workers=usable_cores())
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         params = str(write_params(work / "params.yaml", data.resolve(), args.batch_size, args.decode))

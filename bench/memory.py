@@ -25,6 +25,7 @@ from pathlib import Path
 import yaml
 
 from bench.standin import build_standin
+from plankton_transfer.settings import usable_cores
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("filter", "split", "extract", "train")
@@ -94,7 +95,8 @@ def main(argv: list[str] | None = None) -> dict:
     raw = build_standin(args.cache_dir / f"standin-{args.classes}x{args.per_class}", args.classes, args.per_class)
     env = {**os.environ, **dict(item.split("=", 1) for item in args.env)}
     results = {"model": args.model, "images": args.classes * args.per_class, "runs": args.runs,
-               "env": args.env, "cpu_count": os.cpu_count(), "load_before": os.getloadavg()[0], "stages": {}}
+               "env": args.env, "cpu_count": os.cpu_count(), "usable_cores": usable_cores(),
+               "load_before": os.getloadavg()[0], "stages": {}}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         params = yaml.safe_load((ROOT / "params.yaml").read_text())

@@ -35,6 +35,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from plankton_transfer.settings import usable_cores
+
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = 20
 DIM = 4096
@@ -217,7 +219,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     for n in args.sizes:
         results.append(measure_size(n, args.cache_dir, args.epochs))
         print(json.dumps(results[-1]), flush=True)
-    report = {"cpu_count": os.cpu_count(), "load_average": os.getloadavg(), "results": results}
+    report = {"cpu_count": os.cpu_count(), "usable_cores": usable_cores(), "load_average": os.getloadavg(),
+              "results": results}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(table(results))

@@ -47,6 +47,7 @@ from plankton_transfer.params.train import TrainParams
 from plankton_transfer.params.image import ImageParams
 from plankton_transfer.params.pretrained import PretrainedParams
 from plankton_transfer.runtime import environment, resolve_device
+from plankton_transfer.settings import usable_cores
 
 STUDY = {"lr": 0.001, "momentum": 0.9, "batch_size": 24, "workers": 4}
 
@@ -198,7 +199,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     device = resolve_device(args.device)
     data = args.data or build_standin(args.cache_dir / f"standin-{args.classes}x{args.per_class}", args.classes,
-                                      args.per_class, workers=os.cpu_count() or 1)
+                                      args.per_class, workers=usable_cores())
     items, classes = split_items(data, 0.2)
     batch = args.batch_size or (256 if device.type == "cuda" else 32)
     cfg = ExtractParams(preprocess="crop", batch_size=batch, decode=args.decode)
@@ -208,7 +209,7 @@ def main(argv: list[str] | None = None) -> dict:
     model = extractor.network.backbone
     result = {"model": args.model, "weights": weights.describe(), "images": sum(len(v) for v in items.values()),
               "classes": classes, "epochs": args.epochs, "extract_batch_size": batch, "decode": args.decode,
-              "environment": environment(device), "cpu_count": os.cpu_count()}
+              "environment": environment(device), "cpu_count": os.cpu_count(), "usable_cores": usable_cores()}
     result["forward_only_images_per_s"] = round(forward_only(model, args.model, batch, device, extractor.dtype), 1)
     with tempfile.TemporaryDirectory() as workdir:
         result["pipeline"] = run_pipeline(extractor, args.model, items, classes, args.epochs, cfg, args.workers,

@@ -78,16 +78,17 @@ def share(rows: int, batch_size: int, ranks: Ranks) -> tuple[int, int]:
 
 
 def rank_device(device: torch.device, ranks: Ranks) -> torch.device:
-    """One GPU per rank on a node (``cuda:LOCAL_RANK``); a CPU rank gets its share of the cores."""
-    if ranks.world == 1:
-        return device
-    if device.type == "cuda":
+    """One GPU per rank on a node (``cuda:LOCAL_RANK``); a CPU rank gets its share of the usable
+    cores as torch threads (torch's own default counts the affinity mask but not a cgroup CPU
+    quota, and torchrun's is 1)."""
+    if device.type == "cuda" and ranks.world > 1:
         if ranks.local_rank >= torch.cuda.device_count():
             raise UserError(f"rank {ranks.rank} is local rank {ranks.local_rank} but this node has "
                             f"{torch.cuda.device_count()} GPU(s); start at most one process per GPU (PLANKTON_NPROC)")
         torch.cuda.set_device(ranks.local_rank)
         return torch.device("cuda", ranks.local_rank)
-    torch.set_num_threads(max(1, usable_cores() // ranks.local_world))  # torchrun's default is 1
+    if device.type == "cpu":
+        torch.set_num_threads(max(1, usable_cores() // ranks.local_world))
     return device
 
 

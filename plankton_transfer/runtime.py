@@ -27,6 +27,15 @@ def resolve_device(name: str) -> torch.device:
         raise UserError(f"unknown device '{name}'; use auto, cpu or cuda") from None
 
 
+def use_usable_cores() -> int:
+    """torch's CPU threads set to the usable cores (settings.usable_cores: CPU affinity and cgroup
+    quota); torch's own default counts the affinity mask but not a quota (a container's
+    ``--cpus``, a Slurm job's share), so it can start more threads than the process may run."""
+    cores = usable_cores()
+    torch.set_num_threads(cores)
+    return cores
+
+
 def glibc() -> ctypes.CDLL | None:
     """The C library when it is glibc (whose allocator the functions below tune), else None."""
     if not sys.platform.startswith("linux"):

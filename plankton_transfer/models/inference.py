@@ -37,7 +37,7 @@ from plankton_transfer.models.unknown import UnknownDetector
 from plankton_transfer.params.image import ImageParams
 from plankton_transfer.params.pretrained import PretrainedParams
 from plankton_transfer.records import plain
-from plankton_transfer.runtime import resolve_device
+from plankton_transfer.runtime import resolve_device, use_usable_cores
 
 
 def features_fingerprint(model: ModelFile) -> str:
@@ -79,6 +79,8 @@ def load_predictor(model: ModelFile, pretrained_cfg: PretrainedParams, device: s
                    image: ImageParams | None = None, tta: bool = False) -> Predictor:
     """The feature path, preprocessing and head of ``model`` on ``device`` (auto: CUDA if present)."""
     torch_device = resolve_device(device)
+    if torch_device.type == "cpu":
+        use_usable_cores()
     recipe = model.input
     image = image or recipe.image
     extractor = FeatureExtractor(network_for(model, pretrained_cfg), torch_device, autocast_dtype(dtype, torch_device))
