@@ -18,8 +18,3 @@ class Preprocess:
     interpolation: str = "bilinear"
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
-
-    @classmethod
-    def from_record(cls, record: dict) -> Preprocess:
-        """Rebuild from the dict a model file stores (lists back to tuples, ``mode`` left out)."""
-        return cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in record.items() if k != "mode"})
