@@ -263,26 +263,30 @@ def pooled_recall_draws(correct: np.ndarray, support: np.ndarray, n_draws: int,
     return rng.beta(mu * kappa + correct[None, :], (1 - mu) * kappa + (support - correct)[None, :])
 
 
-def pooled_draws(counts: np.ndarray, n_draws: int, seed: int) -> dict[str, np.ndarray]:
-    """Balanced accuracy and macro-F1 of every draw of the partially pooled posterior.
-
-    Each present class's recall is drawn from the hierarchical posterior (``pooled_recall_draws``);
-    its wrong share, 1 - recall, is split over the classes its test images went to and an
-    "unseen" part, Dirichlet(its wrong counts, ``UNSEEN_WEIGHT``), the unseen part spread evenly
-    over the other classes. Only true positives (n_c x recall) and each class's predicted total
-    (column sum) enter macro-F1, so the draws are (n_draws, C): memory and time grow with C, not C^2.
-    """
+def pooled_recalls(counts: np.ndarray, n_draws: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray,
+                                                                                        np.ndarray]:
+    """Each class's test count, the classes present, and (n_draws, C) recalls drawn from the
+    partially pooled posterior (``pooled_recall_draws``; 1 for a single class)."""
     n_classes = len(counts)
     support = counts.sum(axis=1)
     present = np.flatnonzero(support > 0)
-    rng = np.random.default_rng(seed)
     recall = np.zeros((n_draws, n_classes))
     if n_classes == 1:
         recall[:, present] = 1.0  # one class: every prediction is that class
     elif len(present):
         recall[:, present] = pooled_recall_draws(np.diagonal(counts)[present], support[present], n_draws, rng)
-    true_positive = recall * support[None, :]
-    predicted = true_positive.copy()
+    return support, present, recall
+
+
+def predicted_totals(counts: np.ndarray, support: np.ndarray, present: np.ndarray, recall: np.ndarray,
+                     rng: np.random.Generator, each_split=None) -> np.ndarray:
+    """(n_draws, C) expected predicted total of each class: its true positives plus the wrong
+    share of every other class, split over the classes its test images went to and an "unseen"
+    part, Dirichlet(its wrong counts, ``UNSEEN_WEIGHT``), spread evenly over the other classes.
+    ``each_split(c, seen, split)`` is called after each class's split is drawn (the simulation
+    draws that class's new errors there, keeping one order of random draws)."""
+    n_draws, n_classes = recall.shape
+    predicted = recall * support[None, :]
     spread_total = np.zeros(n_draws)
     for c in present if n_classes > 1 else ():
         wrong = (1 - recall[:, c]) * support[c]
@@ -292,11 +296,31 @@ def pooled_draws(counts: np.ndarray, n_draws: int, seed: int) -> dict[str, np.nd
         spread = wrong * split[:, -1] / (n_classes - 1)
         spread_total += spread
         predicted[:, c] -= spread  # spread over every class but c itself
-    predicted += spread_total[:, None]
+        if each_split is not None:
+            each_split(c, seen, split)
+    return predicted + spread_total[:, None]
+
+
+def mean_f1(true_positive: np.ndarray, predicted: np.ndarray, support: np.ndarray) -> np.ndarray:
+    """Macro-F1 of each draw from its true positives and predicted totals (n_draws, C)."""
     denominator = support[None, :] + predicted
-    f1 = np.divide(2 * true_positive, denominator, out=np.zeros(denominator.shape), where=denominator > 0)
+    return np.divide(2 * true_positive, denominator, out=np.zeros(denominator.shape),
+                     where=denominator > 0).mean(axis=1)
+
+
+def pooled_draws(counts: np.ndarray, n_draws: int, seed: int) -> dict[str, np.ndarray]:
+    """Balanced accuracy and macro-F1 of every draw of the partially pooled posterior.
+
+    Each present class's recall is drawn from the hierarchical posterior (``pooled_recall_draws``);
+    its wrong share is split as ``predicted_totals`` says. Only true positives (n_c x recall) and
+    each class's predicted total (column sum) enter macro-F1, so the draws are (n_draws, C):
+    memory and time grow with C, not C^2.
+    """
+    rng = np.random.default_rng(seed)
+    support, present, recall = pooled_recalls(counts, n_draws, rng)
+    predicted = predicted_totals(counts, support, present, recall, rng)
     balanced = recall[:, present].mean(axis=1) if len(present) else np.zeros(n_draws)
-    return {"balanced_accuracy": balanced, "macro_f1": f1.mean(axis=1)}
+    return {"balanced_accuracy": balanced, "macro_f1": mean_f1(recall * support[None, :], predicted, support)}
 
 
 def pooled_metrics(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int, n_draws: int,
@@ -310,28 +334,13 @@ def pooled_simulation(counts: np.ndarray, n_draws: int, seed: int) -> dict[str, 
     new test set with the same class counts would give (``estimate``): k*_c ~ Binomial(n_c, r_c),
     its n_c - k*_c errors allocated by Multinomial(split) and the unseen part to random other classes."""
     n_classes = len(counts)
-    support = counts.sum(axis=1)
-    present = np.flatnonzero(support > 0)
     rng = np.random.default_rng(seed)
-    recall = np.zeros((n_draws, n_classes))
-    if n_classes == 1:
-        recall[:, present] = 1.0
-    elif len(present):
-        recall[:, present] = pooled_recall_draws(np.diagonal(counts)[present], support[present], n_draws, rng)
-    true_positive = recall * support[None, :]
-    predicted = true_positive.copy()
+    support, present, recall = pooled_recalls(counts, n_draws, rng)
     hits = rng.binomial(support.astype(int)[None, :], recall)
     predicted_hits = hits.astype(float)
-    spread_total = np.zeros(n_draws)
     rows = np.arange(n_draws)
-    for c in present if n_classes > 1 else ():
-        wrong = (1 - recall[:, c]) * support[c]
-        seen = np.flatnonzero((counts[c] > 0) & (np.arange(n_classes) != c))
-        split = rng.dirichlet(np.append(counts[c, seen], UNSEEN_WEIGHT), size=n_draws)
-        predicted[:, seen] += wrong[:, None] * split[:, :-1]
-        spread = wrong * split[:, -1] / (n_classes - 1)
-        spread_total += spread
-        predicted[:, c] -= spread
+
+    def allocate(c: int, seen: np.ndarray, split: np.ndarray) -> None:
         allocated = rng.multinomial(int(support[c]) - hits[:, c], split)
         predicted_hits[:, seen] += allocated[:, :-1]
         lumped = allocated[:, -1]
@@ -339,15 +348,13 @@ def pooled_simulation(counts: np.ndarray, n_draws: int, seed: int) -> dict[str, 
             who = np.repeat(rows, lumped)
             where = rng.integers(0, n_classes - 1, len(who))
             np.add.at(predicted_hits, (who, where + (where >= c)), 1)
-    predicted += spread_total[:, None]
 
-    def f1(tp, column):
-        denominator = support[None, :] + column
-        return np.divide(2 * tp, denominator, out=np.zeros(denominator.shape), where=denominator > 0).mean(axis=1)
-
+    predicted = predicted_totals(counts, support, present, recall, rng, allocate)
     share = np.divide(hits, support[None, :], out=np.zeros(hits.shape), where=support[None, :] > 0)
-    return {"truth": {"balanced_accuracy": recall[:, present].mean(axis=1), "macro_f1": f1(true_positive, predicted)},
-            "estimate": {"balanced_accuracy": share[:, present].mean(axis=1), "macro_f1": f1(hits, predicted_hits)}}
+    return {"truth": {"balanced_accuracy": recall[:, present].mean(axis=1),
+                      "macro_f1": mean_f1(recall * support[None, :], predicted, support)},
+            "estimate": {"balanced_accuracy": share[:, present].mean(axis=1),
+                         "macro_f1": mean_f1(hits, predicted_hits, support)}}
 
 
 def pooled_pivot_draws(counts: np.ndarray, n_draws: int, seed: int) -> dict[str, np.ndarray]:
