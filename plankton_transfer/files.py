@@ -9,7 +9,7 @@ Rules (docs/data.md):
   before running it, so stages run through DVC always start clean);
 - the temporaries of a killed run (``.<name>.<host>.<pid>.<random>.partial``) are removed
   by the next write of the same output, but only when they come from this host and their
-  process is gone, so two runs writing the same output at once never touch each other's;
+  process is gone (a zombie counts as gone), so two runs writing the same output at once never touch each other's;
 - a full disk (or quota, or a read-only folder) while writing is one line naming the output,
   and the temporary is removed, not a traceback;
 - a set of files that belong together (predict's CSV, EcoTaxa table and images) is written as
@@ -46,13 +46,26 @@ def temporary_prefix(path: Path) -> str:
 
 
 def process_is_alive(pid: int) -> bool:
+    """Whether ``pid`` is a running process. A zombie (a killed process its parent has not
+    reaped: in a container whose first process reaps nothing, a SIGKILLed run's processes stay
+    zombies) is not running."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # exists, owned by someone else
-        return True
-    return True
+        pass
+    return not is_zombie(pid)
+
+
+def is_zombie(pid: int) -> bool:
+    """Whether ``pid`` is a zombie, from /proc (Linux); False where /proc does not say."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    fields = stat.rpartition(")")[2].split()  # the name in brackets may hold spaces and ')'
+    return bool(fields) and fields[0] == "Z"
 
 
 def remove_stale_temporaries(path: Path) -> None:

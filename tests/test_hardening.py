@@ -15,6 +15,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 import tracemalloc
 from pathlib import Path
 
@@ -32,7 +33,7 @@ from plankton_transfer.data.images import check_image
 from plankton_transfer.data.loading import ImageFiles
 from plankton_transfer.data.scan import scan_dataset
 from plankton_transfer.errors import UserError, run_cli
-from plankton_transfer.files import PARTIAL_SUFFIX, atomic_path, write_csv, write_json, write_text
+from plankton_transfer.files import PARTIAL_SUFFIX, atomic_path, is_zombie, write_csv, write_json, write_text
 from plankton_transfer.models.model_file import ModelFile
 from plankton_transfer.models.torch_files import load_tensor_file
 from plankton_transfer.params.core import read_params
@@ -143,15 +144,27 @@ def test_9_1_only_this_hosts_temporaries_of_finished_processes_are_removed(tmp_p
     out = tmp_path / "out.txt"
     done = subprocess.Popen([sys.executable, "-c", "pass"])
     done.wait()
+    # killed, and not yet reaped by its parent (as a SIGKILLed run's processes stay where the
+    # container's first process reaps nothing): a zombie, which kill(pid, 0) still finds
+    zombie = subprocess.Popen([sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"])
+    deadline = time.monotonic() + 60
+    while not is_zombie(zombie.pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert is_zombie(zombie.pid) and not is_zombie(os.getpid())
     host = socket.gethostname()
     stale = tmp_path / f".out.txt.{host}.{done.pid}.abc{PARTIAL_SUFFIX}"
+    killed = tmp_path / f".out.txt.{host}.{zombie.pid}.zzz{PARTIAL_SUFFIX}"
     live = tmp_path / f".out.txt.{host}.{os.getpid()}.def{PARTIAL_SUFFIX}"
     remote = tmp_path / f".out.txt.other-host.{done.pid}.ghi{PARTIAL_SUFFIX}"
-    for folder in (stale, live, remote):
+    for folder in (stale, killed, live, remote):
         folder.mkdir()
         (folder / "out.txt").write_text("partial")
-    write_text(out, "new")
-    assert not stale.exists() and live.is_dir() and remote.is_dir() and out.read_text() == "new"
+    try:
+        write_text(out, "new")
+    finally:
+        zombie.wait()
+    assert not stale.exists() and not killed.exists() and live.is_dir() and remote.is_dir()
+    assert out.read_text() == "new"
 
 
 # 9.2: the full sha256 is checked wherever a weight file comes from --------------------
